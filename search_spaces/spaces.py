@@ -1,0 +1,96 @@
+"""Search spaces: a macro skeleton plus the candidate ops of each searchable layer.
+
+Registered by name (``quadra``, ``proxyless``); ``conf/search_space/<name>.yaml`` holds the
+same description as config, and :func:`space_from_config` builds a space from it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from search_spaces.arch import Arch, LayerSpec, Macro, Stage
+from search_spaces.blocks import SKIP_OPS, parse_op
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    macro: Macro
+    ops: tuple[str, ...]  # candidate ops; skip ops are offered only where the shape is kept
+
+    def layers(self) -> list[LayerSpec]:
+        return self.macro.searchable_layers()
+
+    def candidates(self, layer: LayerSpec) -> tuple[str, ...]:
+        return tuple(op for op in self.ops if op not in SKIP_OPS or layer.shape_kept)
+
+    def all_candidates(self) -> list[tuple[str, ...]]:
+        return [self.candidates(layer) for layer in self.layers()]
+
+    def arch(self, choices, metadata: dict | None = None) -> Arch:
+        return Arch(self.name, self.macro, tuple(choices), metadata or {})
+
+    def random_arch(self, rng: random.Random | int | None = None) -> Arch:
+        rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+        return self.arch(rng.choice(c) for c in self.all_candidates())
+
+    def smallest_arch(self) -> Arch:
+        """Fewest multiply-adds: a skip op where allowed, else the smallest (e, k)."""
+        return self.arch(min(c, key=_size_rank) for c in self.all_candidates())
+
+    def largest_arch(self) -> Arch:
+        return self.arch(max(c, key=_size_rank) for c in self.all_candidates())
+
+    def with_input(self, input_shape: tuple[int, int, int], num_classes: int,
+                   stem_stride: int | None = None) -> SearchSpace:
+        """The same space at another input size (e.g. a 28x28 training proxy)."""
+        macro = replace(self.macro, input_shape=tuple(input_shape), num_classes=num_classes,
+                        stem_stride=stem_stride or self.macro.stem_stride)
+        return replace(self, macro=macro)
+
+
+def _size_rank(op: str) -> tuple[int, int]:
+    """MACs grow with expansion e and kernel k; skip ops cost nothing."""
+    _, k, e = parse_op(op)
+    return (e, k)
+
+
+def block_ops(kind: str, kernels=(3, 5, 7), expansions=(2, 4), skip: str | None = "identity") -> tuple[str, ...]:
+    ops = tuple(f"{kind}_k{k}_e{e}" for e in expansions for k in kernels)
+    return ops + ((skip,) if skip else ())
+
+
+def quadra_space(widths=(32, 64, 128, 256), depths=(4, 4, 8, 4), kernels=(3, 5, 7), expansions=(2, 4),
+                 input_shape=(3, 224, 224), num_classes=1000, stem_stride=4) -> SearchSpace:
+    """Mobile-scale QuadraBlock space: 20 searchable layers over 4 stages (56/28/14/7 at 224)."""
+    stages = tuple(Stage(w, d, 1 if i == 0 else 2) for i, (w, d) in enumerate(zip(widths, depths)))
+    macro = Macro("quadra", tuple(input_shape), num_classes, stem_stride, stages)
+    return SearchSpace("quadra", macro, block_ops("quadra", kernels, expansions, "identity"))
+
+
+def proxyless_space(widths=(24, 40, 80, 96, 192, 320), depths=(4, 4, 4, 4, 4, 1), strides=(2, 2, 2, 1, 2, 1),
+                    kernels=(3, 5, 7), expansions=(3, 6), input_shape=(3, 224, 224), num_classes=1000,
+                    stem_stride=2, stem_width=32, first_width=16, head_width=1280) -> SearchSpace:
+    """The original ProxylessNAS mobile space (MBConv k x e, plus zero where shapes match)."""
+    stages = (Stage(first_width, 1, 1, "mbconv_k3_e1"),) + tuple(
+        Stage(w, d, s) for w, d, s in zip(widths, depths, strides))
+    macro = Macro("proxyless", tuple(input_shape), num_classes, stem_stride, stages, stem_width, head_width)
+    return SearchSpace("proxyless", macro, block_ops("mbconv", kernels, expansions, "zero"))
+
+
+SPACES: dict[str, Callable[..., SearchSpace]] = {"quadra": quadra_space, "proxyless": proxyless_space}
+
+
+def get_space(name: str, **kwargs) -> SearchSpace:
+    if name not in SPACES:
+        raise ValueError(f"unknown search space {name!r}; valid: {', '.join(SPACES)}")
+    return SPACES[name](**kwargs)
+
+
+def space_from_config(cfg) -> SearchSpace:
+    """Build from a mapping like ``conf/search_space/quadra.yaml`` (``name`` + builder arguments)."""
+    kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) or hasattr(v, "__len__") and not isinstance(v, str)
+                  else v) for k, v in dict(cfg).items() if k != "name"}
+    return get_space(cfg["name"], **kwargs)
