@@ -1,0 +1,54 @@
+"""Latency terms of the search loss (all latencies in ms).
+
+* ``mul_log``   loss = a * CE * (log E[LAT] / log T)^b   (ProxylessNAS official, a=0.2, b=0.3)
+* ``add_linear`` loss = CE + lam * (E[LAT] - T) / T        (ProxylessNAS official, lam=0.1)
+* ``constraint`` loss = CE + w * relu(E[LAT] - T) / T with an adaptive weight ``w``
+  (a Lagrange-style multiplier: after each architecture step ``w += eta * (E - T) / T``,
+  clamped to [0, w_max]): no push below the target, growing pressure while above it.
+
+``mul_log`` takes logs of latencies in microseconds, so both logs are positive for every
+latency above 1 us (in ms the official formula gives NaN once a latency is <= 1 ms, e.g.
+on a GPU); E[LAT] is clamped just above 1 us, and a target <= 1 us is an error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+KINDS = ("mul_log", "add_linear", "constraint", "none")
+
+
+class LatencyLoss(nn.Module):
+    def __init__(self, kind: str, target_ms: float, a: float = 0.2, b: float = 0.3, lam: float = 0.1,
+                 weight_init: float = 1.0, eta: float = 0.5, weight_max: float = 100.0):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown latency loss {kind!r}; valid: {', '.join(KINDS)}")
+        if not target_ms > 0:
+            raise ValueError(f"latency target must be > 0 ms, got {target_ms}")
+        if kind == "mul_log" and target_ms * 1e3 <= 1.0:
+            raise ValueError(f"mul_log needs a target above 1 us, got {target_ms} ms")
+        self.kind, self.target_ms = kind, float(target_ms)
+        self.a, self.b, self.lam, self.eta, self.weight_max = a, b, lam, eta, weight_max
+        self.register_buffer("weight", torch.tensor(float(weight_init)))
+
+    def forward(self, ce: torch.Tensor, expected_ms: torch.Tensor) -> torch.Tensor:
+        t = self.target_ms
+        if self.kind == "mul_log":
+            log_e = torch.log(torch.clamp(expected_ms * 1e3, min=1.0 + 1e-3))
+            return self.a * ce * (log_e / math.log(t * 1e3)) ** self.b
+        if self.kind == "add_linear":
+            return ce + self.lam * (expected_ms - t) / t
+        if self.kind == "constraint":
+            return ce + self.weight * torch.relu(expected_ms - t) / t
+        return ce
+
+    @torch.no_grad()
+    def update(self, expected_ms: float) -> None:
+        """Adapt the constraint weight after an architecture step (other kinds: no-op)."""
+        if self.kind == "constraint":
+            step = self.eta * (float(expected_ms) - self.target_ms) / self.target_ms
+            self.weight.copy_(torch.clamp(self.weight + step, 0.0, self.weight_max))
