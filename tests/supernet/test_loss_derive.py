@@ -60,7 +60,7 @@ def _brute(log_probs, lut, fixed, target):
 
 def test_budgeted_derivation_is_optimal_on_random_luts():
     rng = np.random.default_rng(0)
-    for trial in range(40):
+    for _ in range(40):
         n_layers, n_cands = rng.integers(2, 6), rng.integers(2, 5)
         lut = [np.sort(rng.uniform(0.1, 5.0, n_cands)) for _ in range(n_layers)]
         lp = [np.log(rng.dirichlet(np.ones(n_cands))) for _ in range(n_layers)]
