@@ -1,0 +1,196 @@
+"""Latency lookup tables: every candidate at every searchable layer, plus the fixed part.
+
+A table is built for (search space, device profile, predictor) at the profile's deployment
+input shape, whatever resolution the supernet trains at. Candidates whose layer input
+shapes coincide are priced once. Tables are cached on disk under a key hashing the space,
+the profile and the predictor version, and rebuilt when any of them changes.
+
+    python -m latency.lut device=vpu [search_space=quadra] [rebuild=true]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from torch import nn
+from tqdm import tqdm
+
+from latency.base import Latency, Predictor
+from latency.profiles import DeviceProfile, load_profile, resolve_predictor
+from search_spaces.arch import Arch, Net, input_shapes
+from search_spaces.blocks import SKIP_OPS, make_op
+from search_spaces.io import atomic_write_text
+from search_spaces.spaces import SearchSpace
+
+LUT_VERSION = 1
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("QUADRANAS_CACHE", Path.home() / ".cache" / "quadranas")) / "lut"
+
+
+def deployment_space(space: SearchSpace, profile: DeviceProfile) -> SearchSpace:
+    """The space at the profile's input shape (channels and size); classes and stem kept."""
+    return space.with_input(tuple(profile.input_shape[1:]), space.macro.num_classes)
+
+
+@dataclass
+class LatencyTable:
+    """``frame`` rows: (layer, op, latency_ms) for candidates; (part, latency_ms) rows are fixed."""
+
+    space: str
+    profile: str
+    predictor: str
+    provenance: str
+    error_note: str
+    key: str
+    layers: pd.DataFrame  # columns: layer, op, latency_ms
+    fixed: pd.DataFrame  # columns: part, latency_ms
+
+    @property
+    def fixed_ms(self) -> float:
+        return float(self.fixed.latency_ms.sum())
+
+    def layer_ms(self) -> list[np.ndarray]:
+        """Per layer, candidate latencies in the space's candidate order."""
+        return [g.latency_ms.to_numpy() for _, g in self.layers.groupby("layer", sort=True)]
+
+    def ops(self) -> list[list[str]]:
+        return [g.op.tolist() for _, g in self.layers.groupby("layer", sort=True)]
+
+    def arch_ms(self, arch: Arch) -> float:
+        total = self.fixed_ms
+        for ops, ms, choice in zip(self.ops(), self.layer_ms(), arch.choices, strict=True):
+            total += float(ms[ops.index(choice)])
+        return total
+
+    def range_ms(self) -> tuple[float, float]:
+        ms = self.layer_ms()
+        return self.fixed_ms + sum(r.min() for r in ms), self.fixed_ms + sum(r.max() for r in ms)
+
+    def latency(self, arch: Arch) -> Latency:
+        return Latency(self.arch_ms(arch), self.predictor, self.provenance,
+                       (self.error_note + "; " if self.error_note else "") + "sum of per-layer table entries")
+
+    def pivot(self) -> pd.DataFrame:
+        return self.layers.pivot(index="layer", columns="op", values="latency_ms")
+
+    # -- persistence -------------------------------------------------------------------
+    def to_json(self) -> str:
+        meta = {k: getattr(self, k) for k in ("space", "profile", "predictor", "provenance", "error_note", "key")}
+        return json.dumps({"lut_version": LUT_VERSION, **meta,
+                           "layers": self.layers.to_dict("records"), "fixed": self.fixed.to_dict("records")})
+
+    @classmethod
+    def from_json(cls, text: str) -> LatencyTable:
+        d = json.loads(text)
+        return cls(d["space"], d["profile"], d["predictor"], d["provenance"], d["error_note"], d["key"],
+                   pd.DataFrame(d["layers"]), pd.DataFrame(d["fixed"]))
+
+
+def table_key(space: SearchSpace, profile: DeviceProfile, predictor: Predictor) -> str:
+    macro = deployment_space(space, profile).macro
+    blob = json.dumps({"lut": LUT_VERSION, "space": space.name, "macro": repr(macro), "ops": space.ops,
+                       "profile": profile.as_dict(), "predictor": predictor.name, "version": predictor.version},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_table(space: SearchSpace, profile: DeviceProfile, predictor: Predictor,
+                progress: bool = True) -> LatencyTable:
+    dep = deployment_space(space, profile)
+    skeleton = Net(dep.macro, lambda spec, dp: make_op(spec.fixed_op, spec.in_ch, spec.out_ch, spec.stride)
+                   if spec.fixed_op else nn.Identity())
+    shapes = input_shapes(skeleton, batch=profile.batch_size)
+    layer_modules = dict(zip([sp.index for sp in dep.macro.layers()], skeleton.layers()))
+    jobs = [(spec, op, shapes[layer_modules[spec.index]]) for spec in dep.layers() for op in dep.candidates(spec)]
+    fixed_parts = skeleton.fixed_parts()
+    memo: dict[tuple, Latency] = {}
+    rows, notes = [], set()
+    bar = tqdm(total=len(jobs) + len(fixed_parts), desc=f"LUT {space.name}/{profile.name}",
+               disable=not progress, leave=False)
+    for spec, op, shape in jobs:
+        key = (op, spec.in_ch, spec.out_ch, spec.stride, shape)
+        if op in SKIP_OPS:
+            ms = 0.0
+        else:
+            if key not in memo:
+                memo[key] = predictor.module_ms(make_op(op, spec.in_ch, spec.out_ch, spec.stride).eval(), shape)
+            ms = memo[key].ms
+            notes.add(memo[key].error_note)
+        rows.append({"layer": spec.index, "op": op, "latency_ms": ms})
+        bar.update()
+    fixed_rows = []
+    for name, mod in fixed_parts.items():
+        lat = predictor.module_ms(mod.eval(), shapes[mod])
+        fixed_rows.append({"part": name, "latency_ms": lat.ms})
+        bar.update()
+    bar.close()
+    layers = pd.DataFrame(rows)
+    layers["layer"] = layers.layer.rank(method="dense").astype(int) - 1  # searchable-layer number
+    note = sorted(n for n in notes if n)[0] if notes - {""} else ""
+    return LatencyTable(space.name, profile.name, predictor.name, predictor.provenance, note,
+                        table_key(space, profile, predictor), layers, pd.DataFrame(fixed_rows))
+
+
+def get_table(space: SearchSpace, profile: DeviceProfile | str, predictor: Predictor | None = None,
+              rebuild: bool = False, progress: bool = True) -> LatencyTable:
+    """Cached table; rebuilt when the space, the profile or the predictor version changed."""
+    profile = load_profile(profile) if isinstance(profile, str) else profile
+    predictor = predictor or resolve_predictor(profile)
+    key = table_key(space, profile, predictor)
+    path = cache_dir() / f"{space.name}-{profile.name}-{key}.json"
+    if path.is_file() and not rebuild:
+        try:
+            return LatencyTable.from_json(path.read_text())
+        except (json.JSONDecodeError, KeyError):
+            pass  # an unreadable cache entry is rebuilt
+    table = build_table(space, profile, predictor, progress)
+    atomic_write_text(path, table.to_json())
+    return table
+
+
+def parse_overrides(argv: list[str], allowed: dict[str, str]) -> dict[str, str]:
+    """``key=value`` arguments (Hydra style) with clear errors."""
+    out = {}
+    for a in argv:
+        k, sep, v = a.partition("=")
+        if not sep or k not in allowed:
+            raise ValueError(f"bad argument {a!r}; valid: " + ", ".join(f"{k}=<{d}>" for k, d in allowed.items()))
+        out[k] = v
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from search_spaces.spaces import get_space
+    try:
+        args = parse_overrides(sys.argv[1:] if argv is None else argv,
+                               {"device": "cpu|vpu|gpu|host", "search_space": "quadra|proxyless",
+                                "rebuild": "true|false"})
+        profile = load_profile(args.get("device", "vpu"))
+        space = get_space(args.get("search_space", "quadra"))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = get_table(space, profile, rebuild=args.get("rebuild", "false").lower() == "true")
+    lo, hi = table.range_ms()
+    pd.set_option("display.width", 200)
+    print(f"Latency table (ms) for space '{space.name}' on {profile.name} ({profile.description}), "
+          f"input {'x'.join(map(str, profile.input_shape))}")
+    print(f"predictor: {table.predictor} -- {table.provenance}" + (f"; {table.error_note}" if table.error_note else ""))
+    print(table.pivot().to_string(float_format=lambda v: f"{v:.3f}"))
+    print("fixed part:", ", ".join(f"{r.part} {r.latency_ms:.3f}" for r in table.fixed.itertuples()),
+          f"= {table.fixed_ms:.3f} ms")
+    print(f"space latency range: {lo:.3f} - {hi:.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

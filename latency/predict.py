@@ -1,0 +1,73 @@
+"""Latency of an exported architecture on every device profile, with provenance.
+
+    python -m latency.predict arch=PATH/arch.json [device=vpu|all]
+
+For each profile: the lookup-table sum (what the search optimised) and the whole network
+priced by the same backend at the profile's deployment shape.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from latency.lut import deployment_space, get_table, parse_overrides
+from latency.profiles import load_profile, profile_names, resolve_predictor
+from search_spaces.arch import Arch, ArchError, build_net
+from search_spaces.spaces import SPACES, SearchSpace, get_space, space_from_config
+
+
+def space_of(arch: Arch) -> SearchSpace | None:
+    """The search space an architecture came from (its search config, else the registered default)."""
+    cfg = arch.metadata.get("config", {}).get("search_space")
+    if cfg:
+        cfg = {k: v for k, v in cfg.items() if k != "train_stem_stride"}
+        space = space_from_config(cfg)
+    elif arch.space in SPACES:
+        space = get_space(arch.space)
+    else:
+        return None
+    return space if len(space.layers()) == len(arch.choices) else None
+
+
+def predict_rows(arch: Arch, devices: list[str]) -> list[dict]:
+    space = space_of(arch)
+    rows = []
+    for name in devices:
+        profile = load_profile(name)
+        predictor = resolve_predictor(profile)
+        if space is not None:
+            dep = deployment_space(space, profile).arch(arch.choices)
+            lut = get_table(space, profile, predictor, progress=False).latency(dep)
+        else:
+            from dataclasses import replace
+            dep = replace(arch, macro=replace(arch.macro, input_shape=tuple(profile.input_shape[1:])))
+            lut = None
+        whole = predictor.module_ms(build_net(dep).eval(), profile.input_shape)
+        rows.append({"device": name, "table_ms": lut.ms if lut else None, "whole_net_ms": whole.ms,
+                     "predictor": whole.predictor, "provenance": whole.provenance, "error_note": whole.error_note})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_overrides(sys.argv[1:] if argv is None else argv,
+                               {"arch": "path to arch.json", "device": "all|" + "|".join(profile_names())})
+        if "arch" not in args:
+            raise ValueError("missing arch=PATH/arch.json")
+        arch = Arch.load(args["arch"])
+        device = args.get("device", "all")
+        devices = profile_names() if device == "all" else [load_profile(device).name]
+    except (ValueError, ArchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args['arch']}: {' '.join(arch.choices)}")
+    for r in predict_rows(arch, devices):
+        table = f"table {r['table_ms']:9.3f} ms, " if r["table_ms"] is not None else ""
+        note = f"; {r['error_note']}" if r["error_note"] else ""
+        print(f"  {r['device']:5s} {table}whole network {r['whole_net_ms']:9.3f} ms  "
+              f"[{r['predictor']}: {r['provenance']}{note}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Device profiles (``conf/device/<name>.yaml``) and the predictor each one resolves to.
+
+A profile names its deployment input shape (batch included) and an ordered list of
+backends ``kind:key``; the first available one is used:
+
+* ``nnmeter:<predictor>`` -- nn-Meter's built-in predictor, only when its files are already
+  in nn-Meter's data folder (never downloaded here);
+* ``standin:<device>``    -- our calibrated stand-in (always available);
+* ``measured:cpu``        -- timed on this machine (1 thread); ``measured:cuda[-<gpu>]`` -- timed with
+  CUDA events when such a GPU is present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from latency.base import Predictor
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "device"
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    description: str
+    input_shape: tuple[int, int, int, int]
+    batch_size: int
+    backends: tuple[str, ...]
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "input_shape": list(self.input_shape),
+                "batch_size": self.batch_size, "backends": list(self.backends)}
+
+
+def profile_names(conf_dir: Path = CONF_DIR) -> list[str]:
+    return sorted(p.stem for p in conf_dir.glob("*.yaml"))
+
+
+def profile_from_dict(d: dict) -> DeviceProfile:
+    missing = {"name", "input_shape", "backends"} - set(d)
+    if missing:
+        raise ValueError(f"device profile is missing {sorted(missing)}")
+    shape = tuple(int(v) for v in d["input_shape"])
+    if len(shape) != 4:
+        raise ValueError(f"device {d['name']}: input_shape must be [N, C, H, W], got {list(shape)}")
+    batch = int(d.get("batch_size", shape[0]))
+    shape = (batch, *shape[1:])
+    backends = tuple(d["backends"])
+    for b in backends:
+        kind = b.split(":", 1)[0]
+        if kind not in BACKEND_KINDS or ":" not in b:
+            raise ValueError(f"device {d['name']}: unknown backend {b!r}; valid kinds: "
+                             f"{', '.join(k + ':<key>' for k in BACKEND_KINDS)}")
+    return DeviceProfile(d["name"], d.get("description", d["name"]), shape, batch, backends)
+
+
+def load_profile(name: str, conf_dir: Path = CONF_DIR) -> DeviceProfile:
+    path = conf_dir / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown device {name!r}; valid: {', '.join(profile_names(conf_dir))}")
+    return profile_from_dict(yaml.safe_load(path.read_text()))
+
+
+BACKEND_KINDS = ("nnmeter", "standin", "measured")
+
+
+def backend_available(spec: str) -> bool:
+    kind, key = spec.split(":", 1)
+    if kind == "nnmeter":
+        from latency.nnmeter import builtin_available
+        return builtin_available(key)
+    if kind == "measured" and key.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            return False
+        want = key.partition("-")[2]
+        return not want or want.lower() in torch.cuda.get_device_name().lower()
+    return True
+
+
+def make_backend(spec: str) -> Predictor:
+    kind, key = spec.split(":", 1)
+    if kind == "nnmeter":
+        from latency.nnmeter import NNMeterPredictor
+        return NNMeterPredictor(key)
+    if kind == "standin":
+        from latency.standin import load_standin
+        return load_standin(key)
+    from latency.measured import MeasuredPredictor
+    if key.startswith("cuda"):
+        return MeasuredPredictor(device="cuda")
+    # One thread: reproducible on a shared machine (two OpenMP threads on a busy 2-core host
+    # quantise to scheduler time slices); the provenance names the thread count.
+    return MeasuredPredictor(device="cpu", threads=1, warmup=5, repeats=15)
+
+
+def resolve_predictor(profile: DeviceProfile) -> Predictor:
+    """The first available backend of the profile."""
+    for spec in profile.backends:
+        if backend_available(spec):
+            return make_backend(spec)
+    raise RuntimeError(f"device {profile.name}: none of its backends is available: {', '.join(profile.backends)}")

@@ -1,0 +1,94 @@
+"""Pieces shared by every training entry point: seeding, schedules, evaluation, distribution."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """Seed of one epoch's data order: the same whether the run was resumed or not."""
+    return (seed * 1_000_003 + epoch * 7_919 + stream) % 2**63
+
+
+def cosine_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+    """Top-1 accuracy and mean cross-entropy over a loader (summed over ranks when distributed)."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    loss_sum = 0.0
+    for x, y in loader:
+        logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        total += y.numel()
+    model.train(was_training)
+    t = torch.tensor([correct, total, loss_sum], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    correct, total, loss_sum = t.tolist()
+    return {"top1": correct / max(total, 1), "loss": loss_sum / max(total, 1)}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group when started by torchrun (gloo on CPU, NCCL on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size())
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+        for t in tensors:
+            dist.all_reduce(t)
+            t.div_(world)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(int(threads))

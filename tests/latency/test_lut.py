@@ -1,0 +1,90 @@
+import pytest
+import torch
+from torch import nn
+
+from latency.base import Latency
+from latency.lut import LatencyTable, build_table, get_table
+from latency.profiles import profile_from_dict
+from search_spaces.arch import build_net
+from search_spaces.spaces import quadra_space
+from search_spaces.summary import count_macs
+
+
+class MacsPredictor:
+    """A deterministic additive predictor: 1 ms per 1e6 MACs + 0.01 ms per module call."""
+
+    name, provenance = "test/macs", "test"
+
+    def __init__(self, version="1"):
+        self.version, self.calls = version, 0
+
+    def module_ms(self, module: nn.Module, input_shape) -> Latency:
+        self.calls += 1
+        return Latency(count_macs(module, input_shape) / 1e6, self.name, self.provenance)
+
+
+PROFILE = profile_from_dict({"name": "tiny", "input_shape": [1, 3, 32, 32], "backends": ["standin:x"]})
+
+
+def _space(**kw):
+    return quadra_space(widths=(8, 16), depths=(2, 2), input_shape=(3, 32, 32), num_classes=10, stem_stride=2, **kw)
+
+
+def test_table_shape_and_identity_zero():
+    t = build_table(_space(), PROFILE, MacsPredictor(), progress=False)
+    assert t.pivot().shape == (4, 7)
+    assert (t.pivot()["identity"] == 0).all()
+    assert set(t.fixed.part) == {"stem", "transition1", "head"}
+    lo, hi = t.range_ms()
+    assert lo == pytest.approx(t.fixed_ms) and hi > lo
+
+
+def test_candidates_of_equal_shape_are_priced_once():
+    p = MacsPredictor()
+    build_table(_space(), PROFILE, p, progress=False)
+    assert p.calls == 2 * 6 + 3  # two distinct layer shapes x 6 blocks + 3 fixed parts
+
+
+def test_additivity_of_an_additive_predictor():
+    space = _space()
+    t = build_table(space, PROFILE, MacsPredictor(), progress=False)
+    for seed in range(5):
+        arch = space.random_arch(seed)
+        whole = count_macs(build_net(arch), (1, 3, 32, 32)) / 1e6
+        assert t.arch_ms(arch) == pytest.approx(whole, rel=1e-6)
+
+
+def test_cache_hit_miss_and_invalidation():
+    space = _space()
+    p1 = MacsPredictor("1")
+    a = get_table(space, PROFILE, p1, progress=False)
+    assert p1.calls > 0
+    p1b = MacsPredictor("1")
+    b = get_table(space, PROFILE, p1b, progress=False)  # hit: nothing priced
+    assert p1b.calls == 0 and b.key == a.key
+    pd_equal = a.layers.equals(b.layers)
+    assert pd_equal
+    p2 = MacsPredictor("2")  # predictor version changed -> rebuilt
+    c = get_table(space, PROFILE, p2, progress=False)
+    assert p2.calls > 0 and c.key != a.key
+    p3 = MacsPredictor("1")  # space changed -> rebuilt
+    d = get_table(_space(kernels=(3, 5)), PROFILE, p3, progress=False)
+    assert p3.calls > 0 and d.key != a.key
+    p4 = MacsPredictor("1")  # profile changed -> rebuilt
+    other = profile_from_dict({"name": "tiny", "input_shape": [1, 3, 64, 64], "backends": ["standin:x"]})
+    e = get_table(space, other, p4, progress=False)
+    assert p4.calls > 0 and e.key != a.key
+
+
+def test_json_round_trip():
+    t = build_table(_space(), PROFILE, MacsPredictor(), progress=False)
+    again = LatencyTable.from_json(t.to_json())
+    assert again.layers.equals(t.layers) and again.fixed_ms == t.fixed_ms and again.key == t.key
+
+
+def test_lut_uses_deployment_shape_not_training_shape():
+    space = _space().with_input((1, 16, 16), 10, stem_stride=2)
+    t = build_table(space, PROFILE, MacsPredictor(), progress=False)
+    ref = build_table(_space(), PROFILE, MacsPredictor(), progress=False)
+    assert t.layers.latency_ms.tolist() == ref.layers.latency_ms.tolist()
+    assert torch.tensor(t.layer_ms()[0]).max() > 0

@@ -1,0 +1,97 @@
+"""End-to-end searches on the built-in digits data (small, real, always available)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from nas.search import search
+from search_spaces.arch import Arch
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+FAST = ["dataset=digits", "train.epochs=2", "train.batch_size=64", "threads=1", "log_devices=[cpu,vpu,gpu]"]
+
+
+def _cfg(*overrides):
+    with initialize_config_dir(str(CONF), version_base=None):
+        return compose("search", overrides=[*FAST, *overrides])
+
+
+def _run_cli(run_dir: Path, *overrides, env=None, wait=True):
+    cmd = [sys.executable, "-m", "nas.search", *FAST, *overrides, f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, **(env or {})}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_search_exports_an_architecture_within_target(tmp_path):
+    summary = search(_cfg("device=vpu", "latency=12ms"), tmp_path)
+    arch = Arch.load(tmp_path / "arch.json")
+    meta = arch.metadata
+    assert meta["latency_ms"]["vpu"]["ms"] <= 12.0 and meta["meets_target"]
+    assert set(meta["latency_ms"]) == {"vpu", "cpu", "gpu"}
+    assert "stand-in" in meta["latency_ms"]["vpu"]["provenance"]
+    assert meta["search"]["target_ms"] == 12.0 and meta["config"]["seed"] == 0
+    assert meta["deployment"]["input_shape"] == [3, 224, 224] and meta["deployment"]["macs"] > 0
+    assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "probabilities.png").is_file()
+    assert any((tmp_path / "tb").iterdir())
+    assert summary["search"]["epochs"] == 3
+
+
+def test_target_below_minimum_is_a_clear_error(tmp_path):
+    r = _run_cli(tmp_path, "device=vpu", "latency=0.1ms")
+    assert r.returncode != 0
+    assert "below the space's minimum" in r.stderr
+    assert not (tmp_path / "arch.json").exists()
+
+
+@pytest.mark.parametrize("override,match", [("latency=30", "no unit"), ("latency=30min", "unit"),
+                                            ("device=tpu", "Available options in 'device'")])
+def test_bad_input_errors(tmp_path, override, match):
+    r = _run_cli(tmp_path, override)
+    assert r.returncode != 0
+    assert match in r.stderr
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_architecture(tmp_path):
+    ref = _run_cli(tmp_path / "ref", "device=vpu", "latency=12ms", "train.epochs=3")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    run = tmp_path / "killed"
+    proc = _run_cli(run, "device=vpu", "latency=12ms", "train.epochs=3", wait=False)
+    deadline = time.time() + 300
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "arch.json").exists(), "the run finished before it could be killed"
+    again = _run_cli(run, "device=vpu", "latency=12ms", "train.epochs=3")
+    assert again.returncode == 0, again.stderr[-2000:]
+    a, b = (json.loads((d / "arch.json").read_text()) for d in (tmp_path / "ref", run))
+    assert a["choices"] == b["choices"]
+    assert a["metadata"]["probabilities"] == b["metadata"]["probabilities"]
+
+
+def test_resume_with_other_config_is_refused(tmp_path):
+    search(_cfg("device=vpu", "latency=12ms", "train.epochs=0"), tmp_path)
+    with pytest.raises(Exception, match="different config"):
+        search(_cfg("device=vpu", "latency=13ms", "train.epochs=0"), tmp_path)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_exports_the_same_architecture(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "nas.search", *FAST, "device=vpu", "latency=12ms", f"hydra.run.dir={tmp_path}"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((tmp_path / "arch.json").read_text())["metadata"]
+    assert meta["search"]["world_size"] == 2 and meta["ranks_agree"] is True
