@@ -33,8 +33,17 @@ from latency.profiles import load_profile, profile_from_dict
 from latency.units import parse_latency_ms
 from nas.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nas.data import DatasetNotFoundError, get_dataset, make_loader, train_val_split
-from nas.loops import (DistInfo, all_reduce_mean_, cosine_lr, epoch_seed, evaluate, init_distributed,
-                       seed_everything, set_lr, set_threads)
+from nas.loops import (
+    DistInfo,
+    all_reduce_mean_,
+    cosine_lr,
+    epoch_seed,
+    evaluate,
+    init_distributed,
+    seed_everything,
+    set_lr,
+    set_threads,
+)
 from search_spaces.arch import build_net
 from search_spaces.spaces import space_from_config
 from search_spaces.summary import count_macs, count_params
