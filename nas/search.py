@@ -140,6 +140,8 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
     lcfg = OmegaConf.to_container(cfg.loss, resolve=True)
     loss_fn = LatencyLoss(lcfg.pop("kind"), target_ms, **lcfg)
     path_gen = torch.Generator().manual_seed(cfg.seed)
+    # depthwise-conv weight grads come back in another memory layout than DDP's buckets: harmless
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ddp = DistributedDataParallel(model, find_unused_parameters=True) if dist_info.enabled else model
 
     total_epochs = cfg.train.warmup_epochs + cfg.train.epochs
