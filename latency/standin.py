@@ -1,0 +1,506 @@
+"""Calibrated latency stand-ins: a kernel-level cost model per device (NOT nn-Meter).
+
+nn-Meter's built-in predictor files are not available here (see DESIGN.md section 4),
+so each nn-Meter device gets a small linear cost model over the kernels of
+:func:`latency.kernels.trace_kernels`, fitted to nn-Meter's OWN published
+predictions for 18 standard CNNs (``data/nnmeter_reference_latency.csv``, from
+nn-Meter's test data, MIT). Numbers from this module are always labelled
+``provenance = STANDIN``; they are never nn-Meter's.
+
+Cost model (fitted devices)
+---------------------------
+Kernels are first fused the way deployment runtimes (TFLite, OpenVINO) do:
+
+* a ``bn`` whose input is produced by a conv/dwconv/fc is folded into it (cost 0);
+* a ReLU/ReLU6 whose input is produced by a conv/dwconv/fc/bn/add is fused (cost 0).
+  Other activations (hswish, sigmoid, silu, ...) stay separate kernels.
+
+Every remaining kernel falls in one cost class and costs (ms)::
+
+    conv  (regular/grouped conv, and fc over many rows = a 1x1 conv / GEMM)
+          a_conv * macs + b_conv * bytes + o_conv
+    dwconv a_dw * macs + b_conv * bytes + o_dw
+    fc    (one row, e.g. a classifier at batch 1: a weight-streaming GEMV)
+          b_fc * bytes + o_conv
+    memory-bound (bn, activations, add, mul, pool, global_pool, concat, layernorm,
+          gelu, transpose, channel_shuffle, softmax, reduce, resize)
+          b_mem * bytes + o_mem
+
+i.e. 8 non-negative constants per device, fitted by bounded least squares (BVLS)
+on the relative error (each model's row weighted by 1/reference, so VGGs do not
+dominate). An fc over r > 1 rows costs max(conv-class cost, fc-class cost), so its
+cost never drops below the single-row cost.
+
+Pricing choice for ops nn-Meter ignores: nn-Meter prices LayerNorm, GELU,
+elementwise multiply and transposes at 0 ms (and on the VPU even ``add``). Those ops
+are about 25-30% of a QuadraBlock on a CPU, so this stand-in prices them with the
+memory-bound term like every other elementwise kernel. ``b_mem`` is bounded below
+by 1 / (the device's peak DRAM bandwidth), so a memory-bound kernel is never free
+even where the CNN fit alone would set its bandwidth term to zero (the VPU). We also
+tried mirroring nn-Meter's free ``add`` on the VPU: leave-one-out error got worse
+(20.3% vs 18.5% MAPE), so ``add`` is priced on every device.
+
+A100 (not fitted)
+-----------------
+nn-Meter has no server-GPU predictor. ``a100`` is an uncalibrated roofline per
+kernel, eager PyTorch at batch 1, no fusion::
+
+    t = max(2 * macs / PEAK_FLOPS, bytes / HBM_BANDWIDTH) + KERNEL_LAUNCH
+
+with NVIDIA A100 datasheet constants (see ``A100_ROOFLINE``). A sanity range only:
+the QuadraNet paper (Table III) reports 1.7-2.9 ms on an A100 for mobile-size models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import functools
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from latency.base import STANDIN, Latency
+from latency.kernels import Kernel, trace_kernels
+
+CODE_VERSION = "standin-cost-model-1"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+CONSTANTS_PATH = DATA_DIR / "standin_constants.json"
+PACKAGED_REFERENCE_CSV = DATA_DIR / "nnmeter_reference_latency.csv"
+SHARED_REFERENCE_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / \
+    "nnmeter_reference_latency.csv"
+PROVENANCE = "fitted to nn-Meter v1.0 built-in predictor outputs from nn-Meter's test data, MIT"
+REFERENCE_INPUT_SHAPE = (1, 3, 224, 224)
+
+FITTED_DEVICES = (
+    "cortexA76cpu_tflite21",
+    "adreno640gpu_tflite21",
+    "adreno630gpu_tflite21",
+    "myriadvpu_openvino2019r2",
+)
+ROOFLINE_DEVICES = ("a100",)
+DEVICE_KEYS = FITTED_DEVICES + ROOFLINE_DEVICES
+
+# Peak DRAM bandwidth (bytes/s): lower bound of the memory-bound term (b_mem >= 1 / peak).
+PEAK_DRAM_BANDWIDTH = {
+    # Pixel 4 = Snapdragon 855: LPDDR4X-4266, 4 x 16 bit -> 34.1 GB/s (Qualcomm SD855 product brief)
+    "cortexA76cpu_tflite21": 34.1e9,
+    "adreno640gpu_tflite21": 34.1e9,
+    # Snapdragon 845 (Adreno 630): LPDDR4X-3733, 4 x 16 bit -> 29.9 GB/s (Qualcomm SD845 product brief)
+    "adreno630gpu_tflite21": 29.9e9,
+    # Intel NCS2 / Myriad X: Intel publishes no figure; ASSUMED LPDDR4-3200 x 32 bit = 12.8 GB/s
+    "myriadvpu_openvino2019r2": 12.8e9,
+}
+
+# NVIDIA A100 Tensor Core GPU datasheet (2020/2021): FP32 19.5 TFLOPS, TF32 tensor 156 TFLOPS,
+# FP16/BF16 tensor 312 TFLOPS; HBM2 1,555 GB/s (40 GB SXM4) / HBM2e 2,039 GB/s (80 GB).
+# Batch-1 conv/GEMM kernels of mobile-size nets do not approach tensor-core peaks, so the compute
+# roof is the FP32 CUDA-core peak; memory is the 40 GB part's HBM bandwidth. Launch: a CUDA kernel
+# launch is ~3-5 us and eager PyTorch adds dispatcher/Python overhead; 8 us per kernel is in the
+# commonly quoted 5-10 us range. Not fitted to anything.
+A100_ROOFLINE = {
+    "peak_flops": 19.5e12,
+    "hbm_bandwidth_Bps": 1.555e12,
+    "kernel_launch_s": 8e-6,
+    "source": "NVIDIA A100 datasheet (FP32 19.5 TFLOPS, HBM2 1555 GB/s); ~8 us eager launch overhead",
+}
+
+FEATURES = ("conv_macs", "dw_macs", "fc_bytes", "conv_bytes", "mem_bytes", "n_conv", "n_dw", "n_mem")
+FEATURE_DOC = {
+    "conv_macs": "ms per MAC of regular/grouped convs and multi-row fc (GEMM)",
+    "dw_macs": "ms per MAC of depthwise convs",
+    "fc_bytes": "ms per byte (weights + activations) of single-row fc (GEMV)",
+    "conv_bytes": "ms per byte read+written by conv/dwconv/GEMM kernels",
+    "mem_bytes": "ms per byte read+written by memory-bound kernels (>= 1/peak DRAM bandwidth)",
+    "n_conv": "ms overhead per conv / fc kernel",
+    "n_dw": "ms overhead per depthwise conv kernel",
+    "n_mem": "ms overhead per memory-bound kernel",
+}
+MEMORY_BOUND_TYPES = frozenset({
+    "bn", "relu", "add", "mul", "pool", "global_pool", "concat", "layernorm", "gelu", "transpose",
+    "channel_shuffle", "softmax", "reduce", "resize",
+})
+_FUSABLE_ACTS = frozenset({"relu", "relu6", "hardtanh"})
+_PRODUCERS_BN = frozenset({"conv", "dwconv", "fc"})
+_PRODUCERS_ACT = frozenset({"conv", "dwconv", "fc", "bn", "add"})
+
+
+# --------------------------------------------------------------------------- per-kernel features
+
+
+def _fc_rows(k: Kernel) -> int:
+    if not k.output_shape:
+        return 1
+    rows = 1
+    for s in k.output_shape[:-1]:
+        rows *= int(s)
+    return rows
+
+
+def fused_mask(kernels: Sequence[Kernel]) -> list[bool]:
+    """True where a kernel is folded into its producer (conv->bn, conv/bn/add->relu)."""
+    producer: dict[int, Kernel] = {}
+    out: list[bool] = []
+    for k in kernels:
+        p = producer.get(k.in_ids[0]) if k.in_ids else None
+        fused = False
+        if p is not None:
+            if k.type == "bn" and p.type in _PRODUCERS_BN:
+                fused = True
+            elif k.type == "relu" and k.op in _FUSABLE_ACTS and p.type in _PRODUCERS_ACT:
+                fused = True
+        producer[k.out_id] = k
+        out.append(fused)
+    return out
+
+
+def _zero() -> dict[str, float]:
+    return dict.fromkeys(FEATURES, 0.0)
+
+
+def kernel_feature_rows(kernels: Sequence[Kernel]) -> list[tuple[Kernel, list[dict[str, float]]]]:
+    """Per unfused kernel, its alternative feature vectors (cost = max over them; usually one)."""
+    rows = []
+    for k, fused in zip(kernels, fused_mask(kernels), strict=True):
+        if fused:
+            continue
+        conv_like = _zero()
+        conv_like.update(conv_macs=k.macs, conv_bytes=k.bytes, n_conv=1)
+        if k.type == "conv":
+            alts = [conv_like]
+        elif k.type == "dwconv":
+            f = _zero()
+            f.update(dw_macs=k.macs, conv_bytes=k.bytes, n_dw=1)
+            alts = [f]
+        elif k.type == "fc":
+            gemv = _zero()
+            gemv.update(fc_bytes=k.bytes, n_conv=1)
+            alts = [gemv] if _fc_rows(k) <= 1 else [conv_like, gemv]
+        else:  # memory-bound (MEMORY_BOUND_TYPES and anything unknown)
+            f = _zero()
+            f.update(mem_bytes=k.bytes, n_mem=1)
+            alts = [f]
+        rows.append((k, alts))
+    return rows
+
+
+def kernel_features(kernels: Sequence[Kernel]) -> dict[str, float]:
+    """Summed features of a kernel list (the fit's design-matrix row). Multi-row fc kernels use
+    their conv-class vector here; the reference CNNs only have single-row fc."""
+    total = _zero()
+    for _, alts in kernel_feature_rows(kernels):
+        for name, v in alts[0].items():
+            total[name] += v
+    return total
+
+
+def _dot(coef: dict[str, float], f: dict[str, float]) -> float:
+    return sum(coef[name] * f[name] for name in FEATURES)
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+@dataclass
+class StandinPredictor:
+    """A stand-in latency predictor for one device (implements ``latency.base.Predictor``)."""
+
+    device_key: str
+    coefficients: dict[str, float] = field(default_factory=dict)  # fitted devices
+    roofline: dict | None = None  # a100
+    error_note: str = ""
+    version: str = ""
+    provenance: str = STANDIN
+
+    @property
+    def name(self) -> str:
+        return f"standin/{self.device_key}"
+
+    def kernel_ms(self, k: Kernel, alts: list[dict[str, float]] | None = None) -> float:
+        """Latency of one (unfused) kernel."""
+        if self.roofline is not None:
+            r = self.roofline
+            t = max(2.0 * k.macs / r["peak_flops"], k.bytes / r["hbm_bandwidth_Bps"]) + r["kernel_launch_s"]
+            return 1e3 * t
+        if alts is None:
+            rows = kernel_feature_rows([k])
+            alts = rows[0][1] if rows else [_zero()]
+        return max(_dot(self.coefficients, f) for f in alts)
+
+    def breakdown_ms(self, kernels: Sequence[Kernel]) -> dict[str, float]:
+        """Latency per kernel type (fused kernels contribute 0)."""
+        out: dict[str, float] = {}
+        if self.roofline is not None:  # eager execution: no fusion
+            for k in kernels:
+                out[k.type] = out.get(k.type, 0.0) + self.kernel_ms(k)
+            return out
+        for k, alts in kernel_feature_rows(kernels):
+            out[k.type] = out.get(k.type, 0.0) + self.kernel_ms(k, alts)
+        return out
+
+    def kernels_ms(self, kernels: Sequence[Kernel]) -> float:
+        return float(sum(self.breakdown_ms(kernels).values()))
+
+    def module_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> Latency:
+        ms = self.kernels_ms(trace_kernels(module, tuple(input_shape)))
+        return Latency(ms=ms, predictor=self.name, provenance=self.provenance, error_note=self.error_note)
+
+
+def _hash(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def load_standin(device_key: str, constants_path: str | Path | None = None) -> StandinPredictor:
+    """The stand-in for ``device_key`` (one of :data:`DEVICE_KEYS`)."""
+    if device_key not in DEVICE_KEYS:
+        raise ValueError(f"unknown stand-in device {device_key!r}; valid keys: {', '.join(DEVICE_KEYS)}")
+    if device_key in ROOFLINE_DEVICES:
+        return StandinPredictor(
+            device_key=device_key, roofline=dict(A100_ROOFLINE),
+            error_note="uncalibrated A100 roofline (datasheet constants + launch overhead); "
+                       "no reference data, sanity range only",
+            version=_hash(CODE_VERSION, device_key, json.dumps(A100_ROOFLINE, sort_keys=True)),
+        )
+    path = Path(constants_path) if constants_path is not None else CONSTANTS_PATH
+    raw = path.read_bytes()
+    constants = json.loads(raw)
+    try:
+        dev = constants["devices"][device_key]
+    except KeyError:
+        raise ValueError(f"{path} has no constants for {device_key!r}; run `python -m latency.standin fit`") \
+            from None
+    coef = {name: float(dev["coefficients"][name]) for name in FEATURES}
+    return StandinPredictor(device_key=device_key, coefficients=coef, error_note=_error_note(dev["loo"]),
+                            version=_hash(CODE_VERSION, device_key, raw.decode()))
+
+
+def _error_note(loo: dict) -> str:
+    return (f"stand-in LOO MAPE {loo['mape_pct']:.1f}%, {loo['within_10_pct']:.0f}% within +-10% "
+            f"vs nn-Meter reference ({loo['n_models']} CNNs)")
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def default_reference_csv() -> Path:
+    return PACKAGED_REFERENCE_CSV if PACKAGED_REFERENCE_CSV.is_file() else SHARED_REFERENCE_CSV
+
+
+def read_reference(reference_csv: str | Path | None = None) -> pd.DataFrame:
+    """nn-Meter's reference predictions: columns model_name, model_type, predictor, predictor_version,
+    latency (ms); only the ``nn-meter-ir`` rows (one per model and predictor)."""
+    path = Path(reference_csv) if reference_csv is not None else default_reference_csv()
+    df = pd.read_csv(path, skipinitialspace=True, comment="#")
+    df.columns = [c.strip() for c in df.columns]
+    if "model_type" in df.columns:
+        df = df[df["model_type"].astype(str).str.strip() == "nn-meter-ir"]
+    df = df.assign(model_name=df["model_name"].astype(str).str.strip(),
+                   predictor=df["predictor"].astype(str).str.strip(),
+                   latency=df["latency"].astype(float))
+    return df.reset_index(drop=True)
+
+
+@functools.cache
+def _reference_feature_row(name: str) -> tuple[float, ...]:
+    from latency.reference_nets import build
+
+    f = kernel_features(trace_kernels(build(name), REFERENCE_INPUT_SHAPE))
+    return tuple(f[k] for k in FEATURES)
+
+
+def reference_features(models: Iterable[str]) -> pd.DataFrame:
+    """Feature rows of the reference CNNs (traced at 1x3x224x224; cached per process)."""
+    models = list(models)
+    return pd.DataFrame([_reference_feature_row(m) for m in models], index=models, columns=list(FEATURES))
+
+
+def _solve(X: np.ndarray, y: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """min sum(((X c - y) / y)^2) s.t. c >= lower, on column-scaled X."""
+    from scipy.optimize import lsq_linear
+
+    scale = X.max(axis=0)
+    scale[scale <= 0] = 1.0
+    A = (X / scale) / y[:, None]
+    lb = lower * scale
+    ub = np.full_like(lb, np.inf)
+    res = lsq_linear(A, np.ones_like(y), bounds=(lb, ub), method="bvls")
+    return np.maximum(res.x, lb) / scale
+
+
+def fit_device(features: pd.DataFrame, reference_ms: pd.Series, lower: dict[str, float] | None = None
+               ) -> tuple[dict[str, float], pd.DataFrame]:
+    """Fit one device; returns (coefficients, per-model frame with fit and leave-one-out predictions)."""
+    names = list(reference_ms.index)
+    X = features.loc[names, list(FEATURES)].to_numpy(dtype=float)
+    y = reference_ms.to_numpy(dtype=float)
+    lb = np.array([(lower or {}).get(f, 0.0) for f in FEATURES])
+    coef = _solve(X, y, lb)
+    loo = np.full(len(y), np.nan)
+    if len(y) >= 3:
+        for i in range(len(y)):
+            keep = np.arange(len(y)) != i
+            loo[i] = X[i] @ _solve(X[keep], y[keep], lb)
+    frame = pd.DataFrame({"model": names, "reference_ms": y, "fit_ms": X @ coef, "loo_ms": loo})
+    frame["fit_error_pct"] = 100.0 * (frame.fit_ms - frame.reference_ms) / frame.reference_ms
+    frame["loo_error_pct"] = 100.0 * (frame.loo_ms - frame.reference_ms) / frame.reference_ms
+    return dict(zip(FEATURES, map(float, coef), strict=True)), frame
+
+
+REPORT_COLUMNS = ("model", "device", "reference_ms", "fit_ms", "loo_ms", "fit_error_pct", "loo_error_pct")
+
+
+def loo_summary(report: pd.DataFrame) -> pd.DataFrame:
+    """Per device: number of models, LOO MAPE, share within +-10% (LOO), worst LOO error, fit MAPE."""
+    rows = []
+    for dev, g in report.groupby("device", sort=False):
+        e = g["loo_error_pct"].abs()
+        rows.append({"device": dev, "n_models": len(g), "loo_mape_pct": float(e.mean()),
+                     "loo_within_10_pct": float(100.0 * (e <= 10.0).mean()),
+                     "loo_max_abs_error_pct": float(e.max()),
+                     "fit_mape_pct": float(g["fit_error_pct"].abs().mean())})
+    return pd.DataFrame(rows)
+
+
+def fit_standins(reference_csv: str | Path | None = None, *, models: Sequence[str] | None = None,
+                 devices: Sequence[str] | None = None) -> tuple[dict, pd.DataFrame]:
+    """Fit the stand-ins to nn-Meter's reference predictions.
+
+    Returns ``(constants, report)``: the JSON-ready constants (coefficients, LOO stats per device,
+    provenance) and a per-model report with columns :data:`REPORT_COLUMNS`.
+    """
+    from latency.reference_nets import REFERENCE_NETS
+
+    path = Path(reference_csv) if reference_csv is not None else default_reference_csv()
+    ref = read_reference(path)
+    devices = [d for d in FITTED_DEVICES if d in set(ref["predictor"])] if devices is None else list(devices)
+    wanted = [m for m in REFERENCE_NETS if m in set(ref["model_name"])] if models is None else list(models)
+    unknown = sorted(set(wanted) - set(REFERENCE_NETS))
+    if unknown:
+        raise ValueError(f"no PyTorch builder for reference model(s) {unknown}")
+    feats = reference_features(wanted)
+    constants: dict = {
+        "schema": 1,
+        "code_version": CODE_VERSION,
+        "provenance": PROVENANCE,
+        "fitted_from": path.name,
+        "fitted_on": _dt.date.today().isoformat(),
+        "input_shape": list(REFERENCE_INPUT_SHAPE),
+        "cost_model": FEATURE_DOC,
+        "devices": {},
+    }
+    frames = []
+    for dev in devices:
+        if dev not in FITTED_DEVICES:
+            raise ValueError(f"cannot fit {dev!r}; fitted devices: {', '.join(FITTED_DEVICES)}")
+        r = ref[ref["predictor"] == dev].set_index("model_name")["latency"]
+        r = r[r.index.isin(wanted)]
+        r = r.loc[[m for m in wanted if m in r.index]]
+        lower = {"mem_bytes": 1e3 / PEAK_DRAM_BANDWIDTH[dev]}
+        coef, frame = fit_device(feats, r, lower)
+        frame.insert(1, "device", dev)
+        frames.append(frame)
+        s = loo_summary(frame).iloc[0]
+        constants["devices"][dev] = {
+            "coefficients": coef,
+            "lower_bounds": lower,
+            "peak_dram_bandwidth_Bps": PEAK_DRAM_BANDWIDTH[dev],
+            "loo": {"n_models": int(s.n_models), "mape_pct": round(float(s.loo_mape_pct), 2),
+                    "within_10_pct": round(float(s.loo_within_10_pct), 1),
+                    "max_abs_error_pct": round(float(s.loo_max_abs_error_pct), 2)},
+            "fit_mape_pct": round(float(s.fit_mape_pct), 2),
+            "loo_error_pct": {m: round(float(e), 2) for m, e in zip(frame.model, frame.loo_error_pct,
+                                                                     strict=True)},
+        }
+    constants["a100"] = {**A100_ROOFLINE, "fitted": False}
+    report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(REPORT_COLUMNS))
+    return constants, report[list(REPORT_COLUMNS)]
+
+
+def write_constants(constants: dict, path: str | Path = CONSTANTS_PATH) -> Path:
+    """Write the constants JSON atomically (temp file in the same folder + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(constants, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _print_report(constants_path: Path, reference_csv: Path | None) -> None:
+    constants = json.loads(constants_path.read_text())
+    ref = read_reference(reference_csv)
+    devices = list(constants["devices"])
+    from latency.reference_nets import REFERENCE_NETS, build
+
+    models = [m for m in dict.fromkeys(ref["model_name"]) if m in REFERENCE_NETS]
+    traced = {m: trace_kernels(build(m), REFERENCE_INPUT_SHAPE) for m in models}
+    pd.set_option("display.width", 140)
+    rows = []
+    for dev in devices:
+        pred = load_standin(dev, constants_path)
+        loo_err = constants["devices"][dev].get("loo_error_pct", {})
+        r = ref[ref["predictor"] == dev].set_index("model_name")["latency"]
+        for m in models:
+            if m not in r.index:
+                continue
+            ours = pred.kernels_ms(traced[m])
+            rows.append({"model": m, "device": dev, "reference_ms": r[m], "ours_ms": ours,
+                         "error_pct": 100.0 * (ours - r[m]) / r[m], "loo_error_pct": loo_err.get(m, math.nan)})
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print()
+    print(f"Leave-one-out summary ({constants['provenance']}; fitted {constants['fitted_on']} "
+          f"from {constants['fitted_from']}):")
+    for dev in devices:
+        loo = constants["devices"][dev]["loo"]
+        print(f"  {dev:26s} LOO MAPE {loo['mape_pct']:5.1f}%  within +-10%: {loo['within_10_pct']:5.1f}%  "
+              f"worst {loo['max_abs_error_pct']:5.1f}%  (n={loo['n_models']})")
+    print("  a100                       uncalibrated roofline (not fitted)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m latency.standin", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_fit = sub.add_parser("fit", help="refit and write the constants file")
+    p_fit.add_argument("--csv", type=Path, default=None, help="reference CSV (default: packaged copy)")
+    p_fit.add_argument("--out", type=Path, default=CONSTANTS_PATH)
+    p_rep = sub.add_parser("report", help="per-model table and LOO summary of the constants file")
+    p_rep.add_argument("--csv", type=Path, default=None)
+    p_rep.add_argument("--constants", type=Path, default=CONSTANTS_PATH)
+    args = parser.parse_args(argv)
+    if args.cmd == "fit":
+        constants, report = fit_standins(args.csv)
+        out = write_constants(constants, args.out)
+        print(loo_summary(report).to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+        print(f"wrote {out}")
+    else:
+        _print_report(args.constants, args.csv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

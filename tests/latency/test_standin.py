@@ -1,0 +1,210 @@
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch import nn
+
+from latency.base import NNMETER_BUILTIN, NNMETER_CUSTOM, STANDIN, Latency
+from latency.kernels import trace_kernels
+from latency.reference_nets import REFERENCE_NETS, build
+from latency.standin import (
+    CONSTANTS_PATH,
+    DEVICE_KEYS,
+    FEATURES,
+    FITTED_DEVICES,
+    PACKAGED_REFERENCE_CSV,
+    PROVENANCE,
+    REPORT_COLUMNS,
+    SHARED_REFERENCE_CSV,
+    fit_standins,
+    load_standin,
+    loo_summary,
+    main,
+    read_reference,
+)
+
+A76, VPU = "cortexA76cpu_tflite21", "myriadvpu_openvino2019r2"
+SMALL = ["mobilenetv3small", "shufflenetv2", "mobilenetv2", "squeezenet", "mnasnet"]
+
+
+@pytest.fixture(scope="module")
+def constants() -> dict:
+    return json.loads(CONSTANTS_PATH.read_text())
+
+
+def test_committed_constants_meet_loo_targets(constants):
+    assert constants["provenance"] == PROVENANCE
+    assert constants["fitted_from"] == "nnmeter_reference_latency.csv"
+    assert set(constants["devices"]) == set(FITTED_DEVICES)
+    for dev in FITTED_DEVICES:
+        d = constants["devices"][dev]
+        assert set(d["coefficients"]) == set(FEATURES)
+        assert all(v >= 0 for v in d["coefficients"].values())
+        assert d["loo"]["n_models"] == 18
+        assert 0 <= d["loo"]["within_10_pct"] <= 100
+    assert constants["devices"][A76]["loo"]["mape_pct"] <= 15.0
+    assert constants["devices"][VPU]["loo"]["mape_pct"] <= 25.0
+
+
+def test_reference_data_packaged_and_complete():
+    ref = read_reference(PACKAGED_REFERENCE_CSV)
+    assert len(ref) == 18 * 4
+    assert set(ref["model_name"]) == set(REFERENCE_NETS)
+    assert set(ref["predictor"]) == set(FITTED_DEVICES)
+    if SHARED_REFERENCE_CSV.is_file():
+        assert PACKAGED_REFERENCE_CSV.read_bytes() == SHARED_REFERENCE_CSV.read_bytes()
+
+
+def test_refit_on_a_subset():
+    consts, report = fit_standins(models=SMALL, devices=[A76, VPU])
+    assert tuple(report.columns) == REPORT_COLUMNS
+    assert len(report) == 2 * len(SMALL)
+    for col in ("fit_ms", "loo_ms", "reference_ms"):
+        assert np.isfinite(report[col]).all() and (report[col] > 0).all()
+    assert set(consts["devices"]) == {A76, VPU}
+    for dev in (A76, VPU):
+        c = consts["devices"][dev]
+        assert c["coefficients"]["mem_bytes"] >= c["lower_bounds"]["mem_bytes"] * (1 - 1e-9) > 0
+        assert set(c["loo_error_pct"]) == set(SMALL)
+    summary = loo_summary(report)
+    assert list(summary["device"]) == [A76, VPU]
+    assert {"loo_mape_pct", "loo_within_10_pct", "n_models"} <= set(summary.columns)
+
+
+def test_cli_fit_writes_constants_atomically(tmp_path):
+    ref = read_reference(PACKAGED_REFERENCE_CSV)
+    sub = ref[ref["model_name"].isin(SMALL[:4])]
+    csv = tmp_path / "ref.csv"
+    sub.to_csv(csv, index=False)
+    out = tmp_path / "c.json"
+    assert main(["fit", "--csv", str(csv), "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "ref.csv"]  # no temp file left behind
+    written = json.loads(out.read_text())
+    assert written["fitted_from"] == "ref.csv" and set(written["devices"]) == set(FITTED_DEVICES)
+    pred = load_standin(A76, constants_path=out)
+    assert pred.version != load_standin(A76).version  # other constants -> other cache key
+
+
+def test_predictor_is_labelled_standin():
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1, groups=16),
+                        nn.Hardswish(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    for key in DEVICE_KEYS:
+        pred = load_standin(key)
+        lat = pred.module_ms(net, (1, 3, 64, 64))
+        assert isinstance(lat, Latency)
+        assert lat.provenance == STANDIN == pred.provenance
+        assert lat.provenance not in (NNMETER_BUILTIN, NNMETER_CUSTOM)
+        assert lat.predictor == pred.name == f"standin/{key}"
+        assert "nnmeter" not in lat.predictor.lower()
+        assert lat.ms > 0 and math.isfinite(lat.ms)
+        assert lat.error_note
+        assert pred.version and pred.version == load_standin(key).version
+    assert "LOO MAPE" in load_standin(A76).error_note
+    assert len({load_standin(k).version for k in DEVICE_KEYS}) == len(DEVICE_KEYS)
+
+
+def test_a100_roofline_sanity():
+    a100 = load_standin("a100")
+    ms = a100.module_ms(build("mobilenetv2"), (1, 3, 224, 224)).ms
+    assert 0.3 <= ms <= 5.0
+    assert "roofline" in a100.error_note
+
+
+def test_unknown_device_key():
+    with pytest.raises(ValueError, match="cortexA76cpu_tflite21"):
+        load_standin("pixel9")
+
+
+def _dw_block(k: int) -> nn.Module:
+    c = 96
+    return nn.Sequential(
+        nn.Conv2d(16, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU6(),
+        nn.Conv2d(c, c, k, padding=k // 2, groups=c, bias=False), nn.BatchNorm2d(c), nn.ReLU6(),
+        nn.Conv2d(c, 16, 1, bias=False), nn.BatchNorm2d(16),
+    )
+
+
+@pytest.mark.parametrize("key", DEVICE_KEYS)
+def test_latency_monotone_in_kernel_size(key):
+    pred = load_standin(key)
+    shape = (1, 16, 28, 28)
+    k3, k5, k7 = (pred.module_ms(_dw_block(k), shape).ms for k in (3, 5, 7))
+    assert k3 < k5 < k7
+
+
+class _QuadraBlockLike(nn.Module):
+    def __init__(self, c: int = 64, k: int = 7):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(c)
+        self.dwa, self.dwb, self.dwc = (nn.Conv2d(c, c, k, padding=k // 2, groups=c) for _ in range(3))
+        self.norm2 = nn.LayerNorm(c)
+        self.fc1, self.act, self.fc2 = nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c)
+
+    def forward(self, x):
+        y = self.norm1(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # LayerNorm over channels of NCHW
+        x = x + self.dwa(y) * self.dwb(y) + self.dwc(y)
+        y = self.fc2(self.act(self.fc1(self.norm2(x.permute(0, 2, 3, 1)))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+def test_quadrablock_ops_are_priced_on_every_device():
+    kernels = trace_kernels(_QuadraBlockLike(), (1, 64, 56, 56))
+    for key in DEVICE_KEYS:
+        pred = load_standin(key)
+        parts = pred.breakdown_ms(kernels)
+        total = pred.kernels_ms(kernels)
+        assert total > 0 and total == pytest.approx(sum(parts.values()))
+        for t in ("layernorm", "gelu", "mul", "transpose"):
+            assert parts.get(t, 0.0) > 0, (key, t)
+        share = sum(parts[t] for t in ("layernorm", "gelu", "mul", "transpose")) / total
+        assert 0 < share < 1
+
+
+def test_fusion_makes_bn_relu_free_but_not_layernorm():
+    pred = load_standin(A76)
+    shape = (1, 32, 28, 28)
+    conv = nn.Conv2d(32, 32, 3, padding=1)
+    with_bn_relu = nn.Sequential(conv, nn.BatchNorm2d(32), nn.ReLU())
+    assert pred.module_ms(with_bn_relu, shape).ms == pytest.approx(pred.module_ms(conv, shape).ms)
+
+    class ConvLN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.ln = conv, nn.GroupNorm(1, 32)
+
+        def forward(self, x):
+            return self.ln(self.conv(x))
+
+    assert pred.module_ms(ConvLN(), shape).ms > pred.module_ms(conv, shape).ms
+
+
+def test_multi_row_linear_costs_at_least_a_single_row():
+    for key in FITTED_DEVICES:
+        pred = load_standin(key)
+        fc = nn.Linear(256, 256)
+        one = pred.module_ms(fc, (1, 256)).ms
+        many = pred.module_ms(fc, (1, 4, 256)).ms
+        assert many >= one > 0
+
+
+def test_latency_package_is_independent_of_training_code():
+    code = (
+        "import sys, latency.standin, latency.kernels, latency.reference_nets\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('search_spaces', 'supernet', 'nas')]\n"
+        "assert not bad, bad\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_committed_constants_reproduce_reference():
+    ref = read_reference()
+    for key in (A76, VPU):
+        pred = load_standin(key)
+        ours = pred.module_ms(build("mobilenetv2"), (1, 3, 224, 224)).ms
+        nnm = float(ref[(ref.model_name == "mobilenetv2") & (ref.predictor == key)].latency.iloc[0])
+        assert abs(ours - nnm) / nnm < 0.15
