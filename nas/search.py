@@ -132,7 +132,7 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
 
     seed_everything(cfg.seed)
     train_space = space.with_input(info.input_shape, info.num_classes, cfg.search_space.train_stem_stride)
-    model = Supernet(train_space, cfg.train.drop_path)
+    model = Supernet(train_space, cfg.train.drop_path, layer_scale_init=cfg.train.layer_scale_init)
     luts = {name: _lut_tensors(t, model) for name, t in tables.items()}
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
                             nesterov=True, weight_decay=cfg.train.weight_decay)

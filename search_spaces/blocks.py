@@ -52,16 +52,17 @@ class DropPath(nn.Module):
 class _MetaFormerBlock(nn.Module):
     """x + DropPath(g1 * Mixer(LN(x))); x + DropPath(g2 * MLP(LN(x))) -- the QuadraNet/HorNet block."""
 
-    def __init__(self, mixer: nn.Module, dim: int, expansion: int, drop_path: float):
+    def __init__(self, mixer: nn.Module, dim: int, expansion: int, drop_path: float,
+                 layer_scale_init: float = LAYER_SCALE_INIT):
         super().__init__()
         self.norm1 = LayerNorm2d(dim)
         self.mixer = mixer
-        self.gamma1 = nn.Parameter(torch.full((dim, 1, 1), LAYER_SCALE_INIT))
+        self.gamma1 = nn.Parameter(torch.full((dim, 1, 1), layer_scale_init))
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.fc1 = nn.Linear(dim, expansion * dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(expansion * dim, dim)
-        self.gamma2 = nn.Parameter(torch.full((dim,), LAYER_SCALE_INIT))
+        self.gamma2 = nn.Parameter(torch.full((dim,), layer_scale_init))
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,15 +75,18 @@ class QuadraBlock(_MetaFormerBlock):
     """QuadraBlock: quadratic depthwise kxk mixer + MLP with expansion e."""
 
     def __init__(self, dim: int, kernel: int = 7, expansion: int = 4, drop_path: float = 0.0,
-                 memory_saving: bool = False):
-        super().__init__(QuadDWConv2d(dim, kernel, memory_saving=memory_saving), dim, expansion, drop_path)
+                 memory_saving: bool = False, layer_scale_init: float = LAYER_SCALE_INIT):
+        super().__init__(QuadDWConv2d(dim, kernel, memory_saving=memory_saving), dim, expansion, drop_path,
+                         layer_scale_init)
 
 
 class ConvNeXtBlock(_MetaFormerBlock):
     """The same block with a plain depthwise conv (the paper's first-order "ConvBlock")."""
 
-    def __init__(self, dim: int, kernel: int = 7, expansion: int = 4, drop_path: float = 0.0):
-        super().__init__(nn.Conv2d(dim, dim, kernel, padding=kernel // 2, groups=dim), dim, expansion, drop_path)
+    def __init__(self, dim: int, kernel: int = 7, expansion: int = 4, drop_path: float = 0.0,
+                 layer_scale_init: float = LAYER_SCALE_INIT):
+        super().__init__(nn.Conv2d(dim, dim, kernel, padding=kernel // 2, groups=dim), dim, expansion, drop_path,
+                         layer_scale_init)
 
 
 class MBConv(nn.Module):
@@ -121,8 +125,13 @@ def parse_op(name: str) -> tuple[str, int, int]:
 
 
 def make_op(name: str, in_ch: int, out_ch: int, stride: int = 1, drop_path: float = 0.0,
-            memory_saving: bool = False) -> nn.Module:
-    """Build a searchable op by name for a layer with the given channels and stride."""
+            memory_saving: bool = False, layer_scale_init: float = LAYER_SCALE_INIT) -> nn.Module:
+    """Build a searchable op by name for a layer with the given channels and stride.
+
+    ``layer_scale_init`` (QuadraBlock/ConvNeXt blocks) is 1e-6 as in QuadraNet; a supernet
+    trained briefly needs a larger one, or every block starts as an identity and the
+    architecture gradient cannot tell the candidates apart.
+    """
     kind, k, e = parse_op(name)
     shape_kept = in_ch == out_ch and stride == 1
     if kind in SKIP_OPS:
@@ -134,8 +143,8 @@ def make_op(name: str, in_ch: int, out_ch: int, stride: int = 1, drop_path: floa
     if not shape_kept:
         raise ValueError(f"{name} keeps its shape; got {in_ch}->{out_ch} stride {stride}")
     if kind == "quadra":
-        return QuadraBlock(in_ch, k, e, drop_path, memory_saving)
-    return ConvNeXtBlock(in_ch, k, e, drop_path)
+        return QuadraBlock(in_ch, k, e, drop_path, memory_saving, layer_scale_init)
+    return ConvNeXtBlock(in_ch, k, e, drop_path, layer_scale_init)
 
 
 def init_weights(module: nn.Module) -> None:

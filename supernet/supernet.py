@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from search_spaces.arch import Arch, LayerSpec, Net
-from search_spaces.blocks import init_weights, make_op
+from search_spaces.blocks import LAYER_SCALE_INIT, init_weights, make_op
 from search_spaces.spaces import SearchSpace
 from supernet.mixed import MixedOp
 
 
 class Supernet(nn.Module):
-    def __init__(self, space: SearchSpace, drop_path_rate: float = 0.0, memory_saving: bool = False):
+    def __init__(self, space: SearchSpace, drop_path_rate: float = 0.0, memory_saving: bool = False,
+                 layer_scale_init: float = LAYER_SCALE_INIT):
         super().__init__()
         self.space = space
         candidates = {spec.index: space.candidates(spec) for spec in space.layers()}
@@ -29,7 +30,7 @@ class Supernet(nn.Module):
             if spec.fixed_op is not None:
                 return make_op(spec.fixed_op, spec.in_ch, spec.out_ch, spec.stride, dp)
             names = candidates[spec.index]
-            ops = [make_op(n, spec.in_ch, spec.out_ch, spec.stride, dp, memory_saving) for n in names]
+            ops = [make_op(n, spec.in_ch, spec.out_ch, spec.stride, dp, memory_saving, layer_scale_init) for n in names]
             return MixedOp(ops, list(names))
 
         self.net = Net(space.macro, layer_fn, drop_path_rate)
