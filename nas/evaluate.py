@@ -1,0 +1,28 @@
+"""Re-evaluate a trained network: ``python -m nas.evaluate checkpoint=RUN/checkpoint.pt``.
+
+Rebuilds the network from the architecture stored in the checkpoint (EMA weights when it kept
+them), measures top-1 on the test split of the dataset it was trained on (or ``dataset=...``),
+params/MACs, predicted latency on every device profile and on this host, re-exports
+``model.onnx`` (``eval.onnx=false`` to skip) and rewrites ``results.json`` next to the checkpoint
+and its row in ``results_csv``. Exit code 2 on a missing/corrupt checkpoint or bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from nas.trainer import evaluate_checkpoint, run_cli
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    code = run_cli(lambda: evaluate_checkpoint(cfg))
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Retrain a searched architecture: ``python -m nas.retrain arch=PATH/arch.json``.
+
+Options (conf/retrain.yaml)::
+
+    init=scratch                     # default: trained from scratch
+    init=supernet                    # inherit the chosen paths' weights from <arch.json dir>/checkpoint.pt
+    init=PATH/checkpoint.pt          # a `net` checkpoint of the first-order twin (nas.train first_order=true):
+                                     #   quadratized (QuadraNet V2), so training starts from its function
+    dataset=digits|fashion_mnist|cifar10|imagefolder  train.epochs=5 train.lr=2e-3 train.ema_decay=0.999
+    threads=1  results_csv=outputs/results.csv  hydra.run.dir=FOLDER (rerun there to resume)
+
+Multi-process (DDP, gloo on CPU; pass an explicit hydra.run.dir)::
+
+    torchrun --nproc_per_node=2 -m nas.retrain arch=... hydra.run.dir=outputs/retrain/run1
+
+Writes checkpoint.pt, results.json, model.onnx, history.csv and tb/ into the run folder.
+Exit code 2 on bad input or a corrupt/mismatched checkpoint, 1 if the loss diverges.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from nas.trainer import hydra_run_dir, run_cli, train
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="retrain")
+def main(cfg: DictConfig) -> None:
+    code = run_cli(lambda: train(cfg, hydra_run_dir()))
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Train a fixed model or a first-order twin: ``python -m nas.train model=quadranet36_xxs``.
+
+Usage (conf/train.yaml, which extends conf/retrain.yaml)::
+
+    python -m nas.train model=quadranet36_xxs dataset=fashion_mnist train.epochs=5
+    python -m nas.train arch=PATH/arch.json first_order=true   # quadra_kK_eE -> convnext_kK_eE
+    python -m nas.retrain arch=PATH/arch.json init=RUN/checkpoint.pt   # then: quadratic fine-tuning
+
+Fixed models take the dataset's input shape (stem stride 2 for inputs up to 32 px, else 4).
+Outputs and exit codes as for ``nas.retrain``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from nas.trainer import hydra_run_dir, run_cli, train
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    code = run_cli(lambda: train(cfg, hydra_run_dir()))
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
