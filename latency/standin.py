@@ -59,9 +59,7 @@ import functools
 import hashlib
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +70,7 @@ from torch import nn
 
 from latency.base import STANDIN, Latency
 from latency.kernels import Kernel, trace_kernels
+from search_spaces.io import atomic_write_text
 
 CODE_VERSION = "standin-cost-model-1"
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -431,20 +430,8 @@ def fit_standins(reference_csv: str | Path | None = None, *, models: Sequence[st
 
 
 def write_constants(constants: dict, path: str | Path = CONSTANTS_PATH) -> Path:
-    """Write the constants JSON atomically (temp file in the same folder + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(constants, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write the constants JSON atomically."""
+    return atomic_write_text(path, json.dumps(constants, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- CLI
