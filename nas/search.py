@@ -100,6 +100,14 @@ def _heatmap(model: Supernet):
     return fig
 
 
+def _weight_optimizer(t: DictConfig, params) -> torch.optim.Optimizer:
+    if t.optimizer == "sgd":  # the ProxylessNAS recipe (MBConv nets)
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":  # the QuadraNet recipe (LayerNorm/GELU blocks)
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    raise ValueError(f"unknown train.optimizer {t.optimizer!r}; valid: adamw, sgd")
+
+
 def search(cfg: DictConfig, run_dir: Path) -> dict:
     """Run (or resume) one search; returns the summary also written into ``arch.json``."""
     t_start = time.perf_counter()
@@ -134,8 +142,7 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
     train_space = space.with_input(info.input_shape, info.num_classes, cfg.search_space.train_stem_stride)
     model = Supernet(train_space, cfg.train.drop_path, layer_scale_init=cfg.train.layer_scale_init)
     luts = {name: _lut_tensors(t, model) for name, t in tables.items()}
-    w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
-                            nesterov=True, weight_decay=cfg.train.weight_decay)
+    w_opt = _weight_optimizer(cfg.train, model.weight_parameters())
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch.lr, betas=(0.0, 0.999), weight_decay=0.0)
     lcfg = OmegaConf.to_container(cfg.loss, resolve=True)
     loss_fn = LatencyLoss(lcfg.pop("kind"), target_ms, **lcfg)
