@@ -100,6 +100,11 @@ def _heatmap(model: Supernet):
     return fig
 
 
+def _export_ms(model: Supernet, lut: list[torch.Tensor], fixed_ms: float) -> float:
+    """Table latency of the argmax architecture (what would be exported now)."""
+    return fixed_ms + sum(float(t[int(m.alpha.argmax())]) for m, t in zip(model.mixed_ops(), lut))
+
+
 def _weight_optimizer(t: DictConfig, params) -> torch.optim.Optimizer:
     if t.optimizer == "sgd":  # the ProxylessNAS recipe (MBConv nets)
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay)
@@ -143,7 +148,12 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
     model = Supernet(train_space, cfg.train.drop_path, layer_scale_init=cfg.train.layer_scale_init)
     luts = {name: _lut_tensors(t, model) for name, t in tables.items()}
     w_opt = _weight_optimizer(cfg.train, model.weight_parameters())
-    a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch.lr, betas=(0.0, 0.999), weight_decay=0.0)
+    if cfg.arch.optimizer == "adam":  # the paper's
+        a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch.lr, betas=(0.0, 0.999), weight_decay=0.0)
+    elif cfg.arch.optimizer == "sgd":
+        a_opt = torch.optim.SGD(model.arch_parameters(), lr=cfg.arch.lr)
+    else:
+        raise ValueError(f"unknown arch.optimizer {cfg.arch.optimizer!r}; valid: adam, sgd")
     lcfg = OmegaConf.to_container(cfg.loss, resolve=True)
     loss_fn = LatencyLoss(lcfg.pop("kind"), target_ms, **lcfg)
     path_gen = torch.Generator().manual_seed(cfg.seed)
@@ -217,7 +227,7 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
                     p.grad = g
                 a_opt.step()
                 model.rescale()
-                loss_fn.update(expected.item())
+                loss_fn.update(_export_ms(model, luts[profile.name], table.fixed_ms))
                 stats["arch_loss"].append(arch_loss.item())
                 stats["arch_ce"].append(ce.item())
             if dist_info.is_main and step % 10 == 0:
@@ -233,6 +243,7 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
                "train_loss": float(np.mean(stats["loss"])), "train_acc": float(np.mean(stats["acc"])),
                "val_top1_argmax": val["top1"], "arch_loss": float(np.mean(stats["arch_loss"] or [np.nan])),
                "entropy": model.entropy().item(), "constraint_weight": loss_fn.weight.item(),
+               "argmax_ms": _export_ms(model, luts[profile.name], table.fixed_ms),
                **{f"E[LAT]_{n}_ms": v for n, v in e_lat.items()}}
         history.append(row)
         if dist_info.is_main:

@@ -2,9 +2,15 @@
 
 * ``mul_log``   loss = a * CE * (log E[LAT] / log T)^b   (ProxylessNAS official, a=0.2, b=0.3)
 * ``add_linear`` loss = CE + lam * (E[LAT] - T) / T        (ProxylessNAS official, lam=0.1)
-* ``constraint`` loss = CE + w * relu(E[LAT] - T) / T with an adaptive weight ``w``
-  (a Lagrange-style multiplier: after each architecture step ``w += eta * (E - T) / T``,
-  clamped to [0, w_max]): no push below the target, growing pressure while above it.
+* ``constraint`` loss = CE + w * (E[LAT] - T) / T, a Lagrange multiplier ``w`` on the hard
+  budget "the exported architecture's latency <= T". After each architecture step
+  ``w += eta * (LAT_export - T) / T``, clamped to [0, w_max], where ``LAT_export`` is the
+  table latency of the architecture that would be exported now (the argmax), so the
+  pressure grows only while that architecture is over the target and fades once it fits;
+  E[LAT] gives the differentiable direction. (A penalty on E[LAT] alone is the wrong
+  quantity: in short searches the distribution stays broad, E[LAT] can sit at the target
+  while the argmax is far below it, and Adam's normalised steps let any steady latency
+  push override the noisy accuracy signal, collapsing every layer to identity.)
 
 ``mul_log`` takes logs of latencies in microseconds, so both logs are positive for every
 latency above 1 us (in ms the official formula gives NaN once a latency is <= 1 ms, e.g.
@@ -43,12 +49,12 @@ class LatencyLoss(nn.Module):
         if self.kind == "add_linear":
             return ce + self.lam * (expected_ms - t) / t
         if self.kind == "constraint":
-            return ce + self.weight * torch.relu(expected_ms - t) / t
+            return ce + self.weight * (expected_ms - t) / t
         return ce
 
     @torch.no_grad()
-    def update(self, expected_ms: float) -> None:
-        """Adapt the constraint weight after an architecture step (other kinds: no-op)."""
+    def update(self, export_ms: float) -> None:
+        """Adapt the constraint weight from the exported architecture's latency (other kinds: no-op)."""
         if self.kind == "constraint":
-            step = self.eta * (float(expected_ms) - self.target_ms) / self.target_ms
+            step = self.eta * (float(export_ms) - self.target_ms) / self.target_ms
             self.weight.copy_(torch.clamp(self.weight + step, 0.0, self.weight_max))

@@ -30,15 +30,22 @@ def test_add_linear():
     assert loss(torch.tensor(1.0), torch.tensor(30.0)).item() == pytest.approx(1.0 + 0.1 * 0.5)
 
 
-def test_constraint_only_penalises_above_target_and_adapts():
-    loss = LatencyLoss("constraint", 10.0)
-    assert loss(torch.tensor(1.0), torch.tensor(8.0)).item() == 1.0
-    assert loss(torch.tensor(1.0), torch.tensor(12.0)).item() == pytest.approx(1.2)
+def test_constraint_multiplier_grows_only_while_the_export_is_over_target():
+    loss = LatencyLoss("constraint", 10.0, weight_init=0.0, eta=0.5)
+    assert loss(torch.tensor(1.0), torch.tensor(12.0)).item() == 1.0  # w = 0: no latency pressure yet
+    loss.update(12.0)  # the exported architecture is 20% over: w grows
+    assert loss.weight.item() == pytest.approx(0.1)
+    e = torch.tensor(12.0, requires_grad=True)
+    loss(torch.tensor(1.0), e).backward()
+    assert e.grad.item() == pytest.approx(0.1 / 10.0)  # pushes E[LAT] down
     loss.update(12.0)
-    assert loss.weight.item() == pytest.approx(1.1)
+    assert loss.weight.item() == pytest.approx(0.2)
     for _ in range(10):
-        loss.update(5.0)
+        loss.update(5.0)  # fits: the pressure fades, never below zero
     assert loss.weight.item() == 0.0
+    big = LatencyLoss("constraint", 10.0, weight_init=0.0, eta=100.0, weight_max=3.0)
+    big.update(1000.0)
+    assert big.weight.item() == 3.0
 
 
 def test_loss_errors():
