@@ -94,7 +94,9 @@ def _heatmap(model: Supernet):
     fig, ax = plt.subplots(figsize=(1 + 0.9 * len(names), 0.8 + 0.3 * len(grid)))
     im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(grid)))
     ax.set_ylabel("searchable layer")
+    ax.set_title("architecture probabilities")
     fig.colorbar(im, ax=ax, label="probability")
     fig.tight_layout()
     return fig
