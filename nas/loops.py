@@ -81,6 +81,15 @@ def init_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
+def finish_distributed(ok: bool = True) -> None:
+    """Leave the process group; on success wait for every rank first, so no rank exits while
+    another still works (gloo aborts a process torn down under a busy peer)."""
+    if dist.is_available() and dist.is_initialized():
+        if ok:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
     if dist.is_available() and dist.is_initialized():
         world = dist.get_world_size()

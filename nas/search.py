@@ -39,6 +39,7 @@ from nas.loops import (
     cosine_lr,
     epoch_seed,
     evaluate,
+    finish_distributed,
     init_distributed,
     seed_everything,
     set_lr,
@@ -338,8 +339,10 @@ def main(cfg: DictConfig) -> None:
     try:
         search(cfg, run_dir)
     except (ValueError, DatasetNotFoundError, CheckpointError) as e:
+        finish_distributed(ok=False)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    finish_distributed()
 
 
 if __name__ == "__main__":

@@ -47,7 +47,17 @@ from nas.checkpoint import (
     set_rng_state,
 )
 from nas.data import DataInfo, DatasetNotFoundError, get_dataset, make_loader
-from nas.loops import DistInfo, cosine_lr, epoch_seed, evaluate, init_distributed, seed_everything, set_lr, set_threads
+from nas.loops import (
+    DistInfo,
+    cosine_lr,
+    epoch_seed,
+    evaluate,
+    finish_distributed,
+    init_distributed,
+    seed_everything,
+    set_lr,
+    set_threads,
+)
 from search_spaces.arch import Arch, ArchError, build_net
 from search_spaces.blocks import parse_op
 from search_spaces.io import atomic_write_text
@@ -644,8 +654,10 @@ USAGE_ERRORS = (ValueError, ArchError, DatasetNotFoundError, CheckpointError, Fi
 
 def run_cli(fn: Callable[[], object]) -> int:
     """Run an entry point's work; ``error: ...`` on stderr and exit code 2 (1 if training diverged)."""
+    ok = False
     try:
         fn()
+        ok = True
     except TrainingDiverged as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         return 1
@@ -653,8 +665,7 @@ def run_cli(fn: Callable[[], object]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        finish_distributed(ok)
     return 0
 
 
