@@ -13,20 +13,7 @@ import sys
 from latency.lut import deployment_space, get_table, parse_overrides
 from latency.profiles import load_profile, profile_names, resolve_predictor
 from search_spaces.arch import Arch, ArchError, build_net
-from search_spaces.spaces import SPACES, SearchSpace, get_space, space_from_config
-
-
-def space_of(arch: Arch) -> SearchSpace | None:
-    """The search space an architecture came from (its search config, else the registered default)."""
-    cfg = arch.metadata.get("config", {}).get("search_space")
-    if cfg:
-        cfg = {k: v for k, v in cfg.items() if k != "train_stem_stride"}
-        space = space_from_config(cfg)
-    elif arch.space in SPACES:
-        space = get_space(arch.space)
-    else:
-        return None
-    return space if len(space.layers()) == len(arch.choices) else None
+from search_spaces.spaces import space_of
 
 
 def predict_rows(arch: Arch, devices: list[str]) -> list[dict]:

@@ -62,7 +62,7 @@ from search_spaces.arch import Arch, ArchError, build_net
 from search_spaces.blocks import parse_op
 from search_spaces.io import atomic_write_text
 from search_spaces.quadranet import MODELS, quadranet_arch
-from search_spaces.spaces import SPACES, SearchSpace, get_space, space_from_config
+from search_spaces.spaces import SearchSpace, space_from_config, space_of
 from search_spaces.summary import count_macs, count_params
 
 log = logging.getLogger("nas.trainer")
@@ -138,23 +138,6 @@ def resolve_job(cfg: DictConfig, info: DataInfo) -> Job:
 
 
 # -- initialisation ------------------------------------------------------------------------
-def space_of(arch: Arch) -> SearchSpace | None:
-    """The registered search space ``arch`` belongs to (from its search config if it has one), else None."""
-    cfg = (arch.metadata.get("config") or {}).get("search_space")
-    try:
-        if cfg:
-            space = space_from_config({k: v for k, v in cfg.items() if k != "train_stem_stride"})
-        elif arch.space in SPACES:
-            space = get_space(arch.space)
-        else:
-            return None
-    except (TypeError, ValueError):
-        return None
-    m, s = arch.macro, space.macro
-    same = (m.family, m.stages, m.stem_width, m.head_width) == (s.family, s.stages, s.stem_width, s.head_width)
-    return space if same and len(space.layers()) == len(arch.choices) else None
-
-
 @torch.no_grad()
 def inherit_from_supernet(arch: Arch, net: nn.Module, supernet_checkpoint: Path) -> nn.Module:
     """Copy the chosen paths' weights (and stem/transitions/fixed layers/head) of a search's supernet.

@@ -94,3 +94,21 @@ def space_from_config(cfg) -> SearchSpace:
     kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) or hasattr(v, "__len__") and not isinstance(v, str)
                   else v) for k, v in dict(cfg).items() if k != "name"}
     return get_space(cfg["name"], **kwargs)
+
+
+def space_of(arch: Arch) -> SearchSpace | None:
+    """The search space ``arch`` came from: its search config (``metadata.config.search_space``) if it has
+    one, else the registered space of that name; None if neither matches the architecture."""
+    cfg = (arch.metadata.get("config") or {}).get("search_space")
+    try:
+        if cfg:
+            space = space_from_config({k: v for k, v in cfg.items() if k != "train_stem_stride"})
+        elif arch.space in SPACES:
+            space = get_space(arch.space)
+        else:
+            return None
+    except (TypeError, ValueError):
+        return None
+    m, s = arch.macro, space.macro
+    same = (m.family, m.stages, m.stem_width, m.head_width) == (s.family, s.stages, s.stem_width, s.head_width)
+    return space if same and len(space.layers()) == len(arch.choices) else None
