@@ -56,12 +56,6 @@ log = logging.getLogger("nas.search")
 CHECKPOINT = "checkpoint.pt"
 
 
-def _space_cfg(cfg: DictConfig) -> dict:
-    d = OmegaConf.to_container(cfg.search_space, resolve=True)
-    d.pop("train_stem_stride", None)
-    return d
-
-
 def _loaders(cfg: DictConfig, train_part, val_part, epoch: int, dist_info: DistInfo):
     bs = cfg.train.batch_size // dist_info.world_size
     out = []
@@ -123,7 +117,7 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
     set_threads(cfg.threads)
     target_ms = parse_latency_ms(cfg.latency)
     profile = profile_from_dict(OmegaConf.to_container(cfg.device, resolve=True))
-    space = space_from_config(_space_cfg(cfg))
+    space = space_from_config(OmegaConf.to_container(cfg.search_space, resolve=True))
     config = OmegaConf.to_container(cfg, resolve=True)
 
     # Latency tables at the deployment shape: search device first, then the others for logging.

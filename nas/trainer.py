@@ -152,9 +152,9 @@ def inherit_from_supernet(arch: Arch, net: nn.Module, supernet_checkpoint: Path)
         raise ValueError("init=supernet needs an arch.json written by nas.search (its metadata.config holds the "
                          "search space); this one has none")
     state = load_checkpoint(supernet_checkpoint, kind="supernet")
-    sp_cfg = dict(search_cfg["search_space"])
-    stem = sp_cfg.pop("train_stem_stride", None)
-    space = space_from_config(sp_cfg).with_input(arch.macro.input_shape, arch.macro.num_classes, stem)
+    sp_cfg = search_cfg["search_space"]
+    space = space_from_config(sp_cfg).with_input(arch.macro.input_shape, arch.macro.num_classes,
+                                                 sp_cfg.get("train_stem_stride"))
     if space.macro != arch.macro:
         raise ValueError(f"init=supernet: the architecture's macro {arch.macro} is not the search's training "
                          f"macro {space.macro}; retrain on the search's dataset or use init=scratch")

@@ -89,10 +89,14 @@ def get_space(name: str, **kwargs) -> SearchSpace:
     return SPACES[name](**kwargs)
 
 
+TRAIN_ONLY_KEYS = ("train_stem_stride",)  # search-time options kept in the same config file
+
+
 def space_from_config(cfg) -> SearchSpace:
-    """Build from a mapping like ``conf/search_space/quadra.yaml`` (``name`` + builder arguments)."""
+    """Build from a mapping like ``conf/search_space/quadra.yaml`` (``name`` + builder arguments;
+    training-only keys such as ``train_stem_stride`` are ignored)."""
     kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) or hasattr(v, "__len__") and not isinstance(v, str)
-                  else v) for k, v in dict(cfg).items() if k != "name"}
+                  else v) for k, v in dict(cfg).items() if k != "name" and k not in TRAIN_ONLY_KEYS}
     return get_space(cfg["name"], **kwargs)
 
 
@@ -102,7 +106,7 @@ def space_of(arch: Arch) -> SearchSpace | None:
     cfg = (arch.metadata.get("config") or {}).get("search_space")
     try:
         if cfg:
-            space = space_from_config({k: v for k, v in cfg.items() if k != "train_stem_stride"})
+            space = space_from_config(cfg)
         elif arch.space in SPACES:
             space = get_space(arch.space)
         else:

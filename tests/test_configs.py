@@ -22,7 +22,6 @@ def test_search_config_composes_with_every_option(group, option):
     assert parse_latency_ms(cfg.latency) > 0
     profile_from_dict(OmegaConf.to_container(cfg.device))
     space = OmegaConf.to_container(cfg.search_space)
-    space.pop("train_stem_stride")
     space_from_config(space)
     loss = OmegaConf.to_container(cfg.loss)
     LatencyLoss(loss.pop("kind"), 30.0, **loss)

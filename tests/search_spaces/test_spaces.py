@@ -48,7 +48,6 @@ def test_random_arch_is_seeded():
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
 def test_configs_build_the_registered_space(path):
     cfg = OmegaConf.to_container(OmegaConf.load(path))
-    cfg.pop("train_stem_stride")
     assert space_from_config(cfg) == get_space(path.stem)
 
 
