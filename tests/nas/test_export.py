@@ -9,23 +9,7 @@ from nas.export import export_onnx
 from search_spaces.arch import build_net
 from search_spaces.convert import quadratize
 from search_spaces.spaces import get_space
-
-
-def _liven(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Make every branch matter: layer scales 1, quadratic terms and BatchNorm statistics non-trivial."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "gamma" in name:
-                p.fill_(1.0)
-            elif "dwa" in name or "dwb" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return net
+from tests.helpers import liven
 
 
 def _run_onnx(path, x: torch.Tensor) -> np.ndarray:
@@ -50,20 +34,20 @@ def _check(net: nn.Module, shape, path) -> dict:
 
 def test_quadra_random_arch(tmp_path):
     arch = get_space("quadra").with_input((1, 28, 28), 10, stem_stride=2).random_arch(0)
-    _check(_liven(build_net(arch, memory_saving=True)), (1, 28, 28), tmp_path / "quadra.onnx")
+    _check(liven(build_net(arch, memory_saving=True)), (1, 28, 28), tmp_path / "quadra.onnx")
 
 
 def test_proxyless_arch(tmp_path):
     space = get_space("proxyless", widths=(16, 24, 32, 48, 64, 96), depths=(2, 2, 2, 2, 2, 1),
                       head_width=256).with_input((3, 32, 32), 10)
-    _check(_liven(build_net(space.random_arch(1))), (3, 32, 32), tmp_path / "proxyless.onnx")
+    _check(liven(build_net(space.random_arch(1))), (3, 32, 32), tmp_path / "proxyless.onnx")
 
 
 def test_quadratized_first_order_model(tmp_path):
     space = get_space("quadra", widths=(16, 32), depths=(2, 2)).with_input((1, 28, 28), 10, stem_stride=2)
     net = build_net(space.arch(["convnext_k3_e2", "convnext_k5_e2", "convnext_k7_e4", "identity"]))
     assert quadratize(net) == 3
-    _check(_liven(net), (1, 28, 28), tmp_path / "quadratized.onnx")
+    _check(liven(net), (1, 28, 28), tmp_path / "quadratized.onnx")
 
 
 def test_mismatch_raises_and_writes_nothing(tmp_path, monkeypatch):

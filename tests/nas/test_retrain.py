@@ -21,6 +21,7 @@ from nas.trainer import TrainingDiverged, eval_weights, train
 from search_spaces.arch import Arch, build_net
 from search_spaces.spaces import get_space, space_from_config
 from supernet.supernet import Supernet
+from tests.helpers import liven
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -37,18 +38,6 @@ def _cfg(name: str, *overrides):
 def _cli(module: str, *args, timeout=300):
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def _live(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Layer scales 1 and random quadratic terms, so every branch changes the output."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "gamma" in name:
-                p.fill_(1.0)
-            elif ".dwa." in name or ".dwb." in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return net
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +220,7 @@ def test_supernet_weight_inheritance(tmp_path):
     space = space_from_config({k: v for k, v in search_space.items() if k != "train_stem_stride"})
     train_space = space.with_input((1, 16, 16), 10, 2)
     torch.manual_seed(0)
-    supernet = _live(Supernet(train_space), seed=1)
+    supernet = liven(Supernet(train_space), seed=1)
     config = {"search_space": search_space, "dataset": {"name": "digits"}, "seed": 0}
     save_checkpoint(tmp_path / "checkpoint.pt", {"kind": "supernet", "config": config, "epoch": 0, "step": 0,
                                                  "model": supernet.state_dict()})

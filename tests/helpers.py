@@ -1,0 +1,21 @@
+"""Helpers shared by tests."""
+
+import torch
+from torch import nn
+
+
+def liven(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Make every branch matter: layer scales 1, quadratic terms and BatchNorm statistics non-trivial."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "gamma" in name:
+                p.fill_(1.0)
+            elif "dwa" in name or "dwb" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return net
