@@ -11,7 +11,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
+
+from nas.data import make_loader
 
 
 def seed_everything(seed: int) -> None:
@@ -23,6 +25,20 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     """Seed of one epoch's data order: the same whether the run was resumed or not."""
     return (seed * 1_000_003 + epoch * 7_919 + stream) % 2**63
+
+
+def epoch_loader(dataset, batch_size: int, seed: int, epoch: int, dist_info: DistInfo, stream: int = 0):
+    """Shuffled loader of one epoch whose order depends only on (seed, epoch, stream), so a resumed
+    run sees the same batches; under DDP each rank gets its shard of the global batch."""
+    bs = batch_size // dist_info.world_size
+    if bs < 1:
+        raise ValueError(f"batch_size={batch_size} is smaller than the {dist_info.world_size} processes")
+    s = epoch_seed(seed, epoch, stream)
+    if dist_info.enabled:
+        sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=s,
+                                     drop_last=True)
+        return make_loader(dataset, bs, False, s, drop_last=True, sampler=sampler)
+    return make_loader(dataset, bs, True, s, drop_last=True)
 
 
 def cosine_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int = 0) -> float:

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from latency.lut import LatencyTable, deployment_space, get_table
@@ -34,10 +33,9 @@ from latency.units import parse_latency_ms
 from nas.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nas.data import DatasetNotFoundError, get_dataset, make_loader, train_val_split
 from nas.loops import (
-    DistInfo,
     all_reduce_mean_,
     cosine_lr,
-    epoch_seed,
+    epoch_loader,
     evaluate,
     finish_distributed,
     init_distributed,
@@ -54,20 +52,6 @@ from supernet.supernet import Supernet
 
 log = logging.getLogger("nas.search")
 CHECKPOINT = "checkpoint.pt"
-
-
-def _loaders(cfg: DictConfig, train_part, val_part, epoch: int, dist_info: DistInfo):
-    bs = cfg.train.batch_size // dist_info.world_size
-    out = []
-    for stream, part in enumerate((train_part, val_part)):
-        seed = epoch_seed(cfg.seed, epoch, stream)
-        if dist_info.enabled:
-            sampler = DistributedSampler(part, dist_info.world_size, dist_info.rank, shuffle=True, seed=seed,
-                                         drop_last=True)
-            out.append(make_loader(part, bs, False, seed, drop_last=True, sampler=sampler))
-        else:
-            out.append(make_loader(part, bs, True, seed, drop_last=True))
-    return out
 
 
 def _lut_tensors(table: LatencyTable, model: Supernet) -> list[torch.Tensor]:
@@ -189,7 +173,8 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
     for epoch in range(start_epoch, total_epochs):
         joint = epoch >= cfg.train.warmup_epochs
         arch_on = joint and not (cfg.arch.skip_first_joint_epoch and epoch == cfg.train.warmup_epochs)
-        train_loader, val_loader = _loaders(cfg, train_part, val_part, epoch, dist_info)
+        train_loader, val_loader = (epoch_loader(part, cfg.train.batch_size, cfg.seed, epoch, dist_info, stream)
+                                    for stream, part in enumerate((train_part, val_part)))
         val_iter = iter(val_loader)
         model.train()
         stats = {"loss": [], "acc": [], "arch_loss": [], "arch_ce": []}

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, DistributedSampler
 from tqdm import tqdm
 
 from nas.checkpoint import (
@@ -48,9 +47,8 @@ from nas.checkpoint import (
 )
 from nas.data import DataInfo, DatasetNotFoundError, get_dataset, make_loader
 from nas.loops import (
-    DistInfo,
     cosine_lr,
-    epoch_seed,
+    epoch_loader,
     evaluate,
     finish_distributed,
     init_distributed,
@@ -260,18 +258,6 @@ def compute_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: fl
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
 
-def _train_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, dist_info: DistInfo):
-    bs = batch_size // dist_info.world_size
-    if bs < 1:
-        raise ValueError(f"train.batch_size={batch_size} is smaller than the {dist_info.world_size} processes")
-    s = epoch_seed(seed, epoch)
-    if dist_info.enabled:
-        sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=True, seed=s,
-                                     drop_last=True)
-        return make_loader(dataset, bs, False, s, drop_last=True, sampler=sampler)
-    return make_loader(dataset, bs, True, s, drop_last=True)
-
-
 def _dataset_cfg(cfg_dataset) -> dict:
     if cfg_dataset is None:
         raise ValueError("no dataset configured")
@@ -381,7 +367,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     ddp = DistributedDataParallel(model) if dist_info.enabled else model
     epochs = int(tc.epochs)
-    steps_per_epoch = len(_train_loader(train_set, tc.batch_size, cfg.seed, 0, dist_info))
+    steps_per_epoch = len(epoch_loader(train_set, tc.batch_size, cfg.seed, 0, dist_info))
     if steps_per_epoch == 0 and epochs > 0:
         raise ValueError(f"train.batch_size={tc.batch_size} is larger than the training set ({len(train_set)})")
     total_steps, warmup_steps = epochs * steps_per_epoch, int(round(tc.warmup_epochs * steps_per_epoch))
@@ -414,7 +400,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             if writer is not None:
                 writer.close()
             return {"stopped_after_epoch": epoch}
-        loader = _train_loader(train_set, tc.batch_size, cfg.seed, epoch, dist_info)
+        loader = epoch_loader(train_set, tc.batch_size, cfg.seed, epoch, dist_info)
         model.train()
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
