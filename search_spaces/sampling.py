@@ -1,0 +1,78 @@
+"""Random architectures inside a latency band: the baseline every search must beat.
+
+Uniform draws from a space almost never meet a tight budget (on the ``quadra`` space's vpu
+table the uniform mean is about 95 ms, and none of 40M uniform draws fell in 26.5-30 ms), so
+:func:`sample_in_band` samples *conditioned on latency*:
+
+1. per architecture, a skip probability ``s ~ Uniform(0, 1)``;
+2. per layer, the skip op with probability ``s`` (only where the space offers one), else one of
+   the layer's non-skip candidates uniformly;
+3. keep the draw when its table latency (fixed part + chosen entries) lies in ``[lo_ms, hi_ms]``.
+
+The accepted draws follow that hierarchical distribution restricted to the band: every
+placement of blocks and every kernel/expansion choice that fits the band has non-zero
+probability, and given the number of blocks, their positions and ops are uniform among those
+in the band. It is not uniform over the band's members (the band's many-block corner, when it
+has one, is drawn as often as its few-block corner). Duplicates are removed.
+
+Latency enters as plain numbers (one row of candidate latencies in ms per layer), so this
+module knows nothing about devices or predictors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from search_spaces.blocks import SKIP_OPS
+
+
+class EmptyBand(ValueError):
+    pass
+
+
+def sample_in_band(candidates: Sequence[Sequence[str]], layer_ms: Sequence[Sequence[float]], fixed_ms: float,
+                   lo_ms: float, hi_ms: float, n: int, seed: int = 0, batch: int = 200_000,
+                   max_draws: int = 20_000_000) -> list[tuple[str, ...]]:
+    """``n`` distinct architectures (choice names per layer) whose latency lies in ``[lo_ms, hi_ms]``.
+
+    Deterministic in ``seed``. Raises :class:`EmptyBand` naming the space's range when the band
+    is empty or too rare to fill within ``max_draws`` draws.
+    """
+    if not 0 <= lo_ms <= hi_ms:
+        raise ValueError(f"latency band [{lo_ms}, {hi_ms}] ms is not a band; need 0 <= lo <= hi")
+    if n < 1:
+        raise ValueError(f"n={n}: need at least one architecture")
+    ms = [np.asarray(r, dtype=np.float64) for r in layer_ms]
+    if len(ms) != len(candidates) or any(len(r) != len(c) for r, c in zip(ms, candidates)):
+        raise ValueError("layer_ms must have one entry per candidate of every layer")
+    lo_space = fixed_ms + sum(float(r.min()) for r in ms)
+    hi_space = fixed_ms + sum(float(r.max()) for r in ms)
+    if hi_ms < lo_space or lo_ms > hi_space:
+        raise EmptyBand(f"latency band [{lo_ms:.3f}, {hi_ms:.3f}] ms lies outside the space's range "
+                        f"{lo_space:.3f}-{hi_space:.3f} ms")
+    rng = np.random.default_rng(seed)
+    skip_idx = [next((i for i, c in enumerate(cs) if c in SKIP_OPS), -1) for cs in candidates]
+    blocks = [np.array([i for i, c in enumerate(cs) if c not in SKIP_OPS]) for cs in candidates]
+    found: dict[tuple[int, ...], None] = {}  # insertion-ordered set
+    drawn = 0
+    while len(found) < n and drawn < max_draws:
+        s = rng.random(batch)
+        picks = np.empty((batch, len(ms)), dtype=np.int64)
+        lat = np.full(batch, float(fixed_ms))
+        for layer, (row, skip, ops) in enumerate(zip(ms, skip_idx, blocks)):
+            choice = ops[rng.integers(0, len(ops), batch)]
+            if skip >= 0:
+                choice = np.where(rng.random(batch) < s, skip, choice)
+            picks[:, layer] = choice
+            lat += row[choice]
+        for row in picks[(lat >= lo_ms) & (lat <= hi_ms)]:
+            found.setdefault(tuple(int(i) for i in row))
+            if len(found) == n:
+                break
+        drawn += batch
+    if len(found) < n:
+        raise EmptyBand(f"only {len(found)} of {n} architectures found in [{lo_ms:.3f}, {hi_ms:.3f}] ms after "
+                        f"{drawn} draws (space range {lo_space:.3f}-{hi_space:.3f} ms); widen the band")
+    return [tuple(candidates[layer][i] for layer, i in enumerate(row)) for row in found]
