@@ -135,6 +135,32 @@ class NNMeterUnsupportedGraphError(ValueError):
     """nn-Meter 2.0's ONNX path cannot convert or price this graph."""
 
 
+EXTRA_HINT = "install the optional extra: pip install 'quadranas[nnmeter]' (nn-meter, onnxsim, setuptools<81)"
+
+
+class NNMeterNotInstalledError(PredictorUnavailableError):
+    """nn-meter or onnxsim, from the ``nnmeter`` extra, is not installed (so no predictor is available)."""
+
+
+def nnmeter_installed() -> bool:
+    """True if the ``nn_meter`` package can be found (without importing it)."""
+    try:
+        return importlib.util.find_spec("nn_meter") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _require(module: str, purpose: str) -> None:
+    """Raise :class:`NNMeterNotInstalledError` naming the extra if ``module`` cannot be imported."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise NNMeterNotInstalledError(f"{purpose} needs the {module!r} package, which is not installed; {EXTRA_HINT}. "
+                                       "Without it the device profiles use the calibrated stand-ins.")
+
+
 # ----------------------------------------------------------------------------------------------
 # Locations (no nn_meter import needed)
 # ----------------------------------------------------------------------------------------------
@@ -214,9 +240,22 @@ def missing_predictor_files(name: str, home: str | os.PathLike | None = None) ->
     return [f for f in wanted if not (folder / f).is_file()]
 
 
+_warned_not_installed: set[str] = set()
+
+
 def builtin_available(name: str, home: str | os.PathLike | None = None) -> bool:
-    """True if ``name`` is a built-in predictor whose files are all present (nothing downloaded)."""
-    return name in BUILTIN_PREDICTORS and not missing_predictor_files(name, home)
+    """True if ``name`` is a built-in predictor whose files are all present (nothing downloaded)
+    and nn-Meter itself is installed (the ``nnmeter`` extra)."""
+    if name not in BUILTIN_PREDICTORS or missing_predictor_files(name, home):
+        return False
+    if not nnmeter_installed():
+        if name not in _warned_not_installed:
+            _warned_not_installed.add(name)
+            logging.getLogger(__name__).warning(
+                "nn-Meter predictor %s has its files in %s, but nn-meter is not installed; %s. "
+                "Using the next backend of the profile.", name, predictor_dir(name, home), EXTRA_HINT)
+        return False
+    return True
 
 
 def predictor_available(name: str, home: str | os.PathLike | None = None) -> bool:
@@ -243,6 +282,7 @@ def _refuse_download(urladdr: str, ppath: str, *args: Any, **kwargs: Any) -> Non
 def _nnmeter_session(home: str | os.PathLike | None) -> Iterator[Any]:
     """Import nn_meter; point its config/data globals at ``home``; block its downloader;
     quieten its logger. Restores everything on exit. Yields the ``nn_meter`` module."""
+    _require("nn_meter", "nn-Meter latency prediction")
     with _SESSION_LOCK:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pkg_resources deprecation on import
@@ -321,6 +361,7 @@ def load_latency_predictor(name: str, home: str | os.PathLike | None = None, ver
     disk: raises :class:`PredictorUnavailableError` instead of downloading."""
     if missing_predictor_files(name, home):
         raise PredictorUnavailableError(_unavailable_message(name, home))
+    _require("nn_meter", f"nn-Meter predictor {name!r}")
     with _nnmeter_session(home) as nn_meter:
         _ensure_user_config(home)
         try:
@@ -359,6 +400,7 @@ def to_onnx_model(module: nn.Module, input_shape: Sequence[int], opset: int = ON
     memory with the TorchScript exporter (``dynamo=False``, opset 20), simplify with onnxsim,
     turn leftover Constant nodes into initializers, give every node a unique name and run shape
     inference. The module's training flag is restored afterwards."""
+    _require("onnxsim", "The ONNX export for nn-Meter")
     import onnx
     import onnxsim
 

@@ -16,4 +16,5 @@ fi
 
 # torch first: the pinned 2.13.0 is a local CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
 "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0
-"$PY" -m pip install -q --disable-pip-version-check -e ".[test]"
+# the package with the test tools and the nnmeter extra (nn-meter, onnxsim): its tests need them
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test,nnmeter]"
