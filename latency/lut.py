@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from torch import nn
 from tqdm import tqdm
 
 from latency.base import Latency, Predictor
 from latency.profiles import DeviceProfile, load_profile, resolve_predictor
-from search_spaces.arch import Arch, Net, input_shapes
+from search_spaces.arch import Arch, build_net, input_shapes
 from search_spaces.blocks import SKIP_OPS, make_op
 from search_spaces.io import atomic_write_text
 from search_spaces.spaces import SearchSpace
@@ -106,8 +105,10 @@ def table_key(space: SearchSpace, profile: DeviceProfile, predictor: Predictor) 
 def build_table(space: SearchSpace, profile: DeviceProfile, predictor: Predictor,
                 progress: bool = True) -> LatencyTable:
     dep = deployment_space(space, profile)
-    skeleton = Net(dep.macro, lambda spec, dp: make_op(spec.fixed_op, spec.in_ch, spec.out_ch, spec.stride)
-                   if spec.fixed_op else nn.Identity())
+    # A concrete network (smallest block at every searchable layer) records each layer's input shape and
+    # holds the fixed parts. Identity placeholders would be wrong where a searchable layer changes width or
+    # stride (the first layer of every MBConv stage).
+    skeleton = build_net(dep.smallest_block_arch())
     shapes = input_shapes(skeleton, batch=profile.batch_size)
     layer_modules = dict(zip([sp.index for sp in dep.macro.layers()], skeleton.layers()))
     jobs = [(spec, op, shapes[layer_modules[spec.index]]) for spec in dep.layers() for op in dep.candidates(spec)]

@@ -40,6 +40,12 @@ class SearchSpace:
         """Fewest multiply-adds: a skip op where allowed, else the smallest (e, k)."""
         return self.arch(min(c, key=_size_rank) for c in self.all_candidates())
 
+    def smallest_block_arch(self) -> Arch:
+        """Fewest multiply-adds without skip ops: a concrete net whose every layer maps its input to its
+        output shape, e.g. to record the input shape of each layer (skip ops cannot stand in for the
+        layers that change width or stride, as in the MBConv space)."""
+        return self.arch(min((op for op in c if op not in SKIP_OPS), key=_size_rank) for c in self.all_candidates())
+
     def largest_arch(self) -> Arch:
         return self.arch(max(c, key=_size_rank) for c in self.all_candidates())
 

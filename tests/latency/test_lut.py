@@ -6,7 +6,7 @@ from latency.base import Latency
 from latency.lut import LatencyTable, build_table, get_table
 from latency.profiles import profile_from_dict
 from search_spaces.arch import build_net
-from search_spaces.spaces import quadra_space
+from search_spaces.spaces import proxyless_space, quadra_space
 from search_spaces.summary import count_macs
 
 
@@ -88,3 +88,21 @@ def test_lut_uses_deployment_shape_not_training_shape():
     ref = build_table(_space(), PROFILE, MacsPredictor(), progress=False)
     assert t.layers.latency_ms.tolist() == ref.layers.latency_ms.tolist()
     assert torch.tensor(t.layer_ms()[0]).max() > 0
+
+
+def _proxyless(**kw):
+    return proxyless_space(widths=(8, 16, 16), depths=(2, 2, 1), strides=(2, 1, 2), input_shape=(3, 32, 32),
+                           num_classes=10, stem_width=8, first_width=8, head_width=32, **kw)
+
+
+def test_table_of_a_space_whose_searchable_layers_change_shape():
+    """MBConv space: the first layer of a stage changes width/stride, so every layer's input shape must
+    come from a net whose layers really map shapes (identity placeholders gave the wrong ones)."""
+    space = _proxyless()
+    assert any(not layer.shape_kept for layer in space.layers())
+    t = build_table(space, PROFILE, MacsPredictor(), progress=False)
+    assert t.ops() == [list(c) for c in space.all_candidates()]
+    for seed in range(5):
+        arch = space.random_arch(seed)
+        whole = count_macs(build_net(arch), (1, 3, 32, 32)) / 1e6
+        assert t.arch_ms(arch) == pytest.approx(whole, rel=1e-6)
