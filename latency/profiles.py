@@ -1,4 +1,4 @@
-"""Device profiles (``conf/device/<name>.yaml``) and the predictor each one resolves to.
+"""Device profiles (``conf/device/<name>.yaml`` of the installed ``conf`` package) and their predictors.
 
 A profile names its deployment input shape (batch included) and an ordered list of
 backends ``kind:key``; the first available one is used:
@@ -13,13 +13,26 @@ backends ``kind:key``; the first available one is used:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from latency.base import Predictor
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "device"
+if TYPE_CHECKING:  # pragma: no cover
+    from importlib.abc import Traversable
+
+
+def device_conf_dir() -> Path | Traversable:
+    """``conf/device`` of the ``conf`` package: the Hydra configs (``pkg://conf``) ship with the installed
+    distribution, so profiles are read from the same files in a checkout, an editable install and a wheel."""
+    try:
+        return resources.files("conf") / "device"
+    except ModuleNotFoundError as e:  # pragma: no cover - only with a broken install
+        raise RuntimeError("QuadraNAS's configs (the 'conf' package) are not importable: install QuadraNAS "
+                           "(pip install .) or run from the repository root") from e
 
 
 @dataclass(frozen=True)
@@ -35,8 +48,9 @@ class DeviceProfile:
                 "batch_size": self.batch_size, "backends": list(self.backends)}
 
 
-def profile_names(conf_dir: Path = CONF_DIR) -> list[str]:
-    return sorted(p.stem for p in conf_dir.glob("*.yaml"))
+def profile_names(conf_dir: Path | Traversable | None = None) -> list[str]:
+    conf_dir = device_conf_dir() if conf_dir is None else conf_dir
+    return sorted(p.name[:-len(".yaml")] for p in conf_dir.iterdir() if p.name.endswith(".yaml") and p.is_file())
 
 
 def profile_from_dict(d: dict) -> DeviceProfile:
@@ -57,9 +71,10 @@ def profile_from_dict(d: dict) -> DeviceProfile:
     return DeviceProfile(d["name"], d.get("description", d["name"]), shape, batch, backends)
 
 
-def load_profile(name: str, conf_dir: Path = CONF_DIR) -> DeviceProfile:
+def load_profile(name: str, conf_dir: Path | Traversable | None = None) -> DeviceProfile:
+    conf_dir = device_conf_dir() if conf_dir is None else conf_dir
     path = conf_dir / f"{name}.yaml"
-    if not path.is_file():
+    if "/" in name or "\\" in name or not path.is_file():
         raise ValueError(f"unknown device {name!r}; valid: {', '.join(profile_names(conf_dir))}")
     return profile_from_dict(yaml.safe_load(path.read_text()))
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from nas.trainer import evaluate_checkpoint, run_cli
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="evaluate")
+@hydra.main(version_base=None, config_path="pkg://conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     code = run_cli(lambda: evaluate_checkpoint(cfg))
     if code:

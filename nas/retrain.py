@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from nas.trainer import hydra_run_dir, run_cli, train
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="retrain")
+@hydra.main(version_base=None, config_path="pkg://conf", config_name="retrain")
 def main(cfg: DictConfig) -> None:
     code = run_cli(lambda: train(cfg, hydra_run_dir()))
     if code:

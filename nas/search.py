@@ -311,7 +311,7 @@ def _summary_text(arch, run_dir: Path, target_ms: float, device: str) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="search")
+@hydra.main(version_base=None, config_path="pkg://conf", config_name="search")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     run_dir = Path(HydraConfig.get().runtime.output_dir)

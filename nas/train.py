@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from nas.trainer import hydra_run_dir, run_cli, train
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="train")
+@hydra.main(version_base=None, config_path="pkg://conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     code = run_cli(lambda: train(cfg, hydra_run_dir()))
     if code:
