@@ -6,6 +6,9 @@ shapes coincide are priced once. Tables are cached on disk under a key hashing t
 the profile and the predictor version, and rebuilt when any of them changes.
 
     python -m latency.lut device=vpu [search_space=quadra] [rebuild=true]
+
+``rebuild=true`` (or yes, 1; any case) builds the table again even when it is cached, e.g. a measured
+``host`` table after the machine's load changed.
 """
 
 from __future__ import annotations
@@ -158,29 +161,61 @@ def get_table(space: SearchSpace, profile: DeviceProfile | str, predictor: Predi
     return table
 
 
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def parse_bool(key: str, value: str) -> bool:
+    """``true``/``yes``/``1`` or ``false``/``no``/``0``, any case; anything else is a one-line error."""
+    v = value.strip().lower()
+    if v in TRUE_WORDS or v in FALSE_WORDS:
+        return v in TRUE_WORDS
+    raise ValueError(f"{key}={value!r} is not a boolean; valid: {', '.join(TRUE_WORDS + FALSE_WORDS)}")
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(a in ("-h", "--help") for a in argv)
+
+
+def usage(prog: str, doc: str | None, allowed: dict[str, str]) -> str:
+    """Usage text for a ``key=value`` command: the module docstring and the options."""
+    lines = [f"usage: {prog} " + " ".join(f"[{k}=<{d}>]" for k, d in allowed.items()), ""]
+    if doc:
+        lines += [doc.strip(), ""]
+    lines += ["options:"] + [f"  {k}=<{d}>" for k, d in allowed.items()]
+    return "\n".join(lines)
+
+
 def parse_overrides(argv: list[str], allowed: dict[str, str]) -> dict[str, str]:
     """``key=value`` arguments (Hydra style) with clear errors."""
     out = {}
     for a in argv:
         k, sep, v = a.partition("=")
         if not sep or k not in allowed:
-            raise ValueError(f"bad argument {a!r}; valid: " + ", ".join(f"{k}=<{d}>" for k, d in allowed.items()))
+            raise ValueError(f"bad argument {a!r}; valid: " + ", ".join(f"{k}=<{d}>" for k, d in allowed.items())
+                             + " (--help for usage)")
         out[k] = v
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    from search_spaces.spaces import get_space
+    from latency.profiles import profile_names
+    from search_spaces.spaces import SPACES, get_space
+
+    argv = sys.argv[1:] if argv is None else argv
+    allowed = {"device": "|".join(profile_names()), "search_space": "|".join(SPACES),
+               "rebuild": "|".join(TRUE_WORDS + FALSE_WORDS)}
+    if wants_help(argv):
+        print(usage("python -m latency.lut", __doc__, allowed))
+        return 0
     try:
-        args = parse_overrides(sys.argv[1:] if argv is None else argv,
-                               {"device": "cpu|vpu|gpu|host", "search_space": "quadra|proxyless",
-                                "rebuild": "true|false"})
+        args = parse_overrides(argv, allowed)
         profile = load_profile(args.get("device", "vpu"))
         space = get_space(args.get("search_space", "quadra"))
+        rebuild = parse_bool("rebuild", args.get("rebuild", "false"))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    table = get_table(space, profile, rebuild=args.get("rebuild", "false").lower() == "true")
+    table = get_table(space, profile, rebuild=rebuild)
     lo, hi = table.range_ms()
     pd.set_option("display.width", 200)
     print(f"Latency table (ms) for space '{space.name}' on {profile.name} ({profile.description}), "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from latency.lut import deployment_space, get_table, parse_overrides
+from latency.lut import deployment_space, get_table, parse_overrides, usage, wants_help
 from latency.profiles import load_profile, profile_names, resolve_predictor
 from search_spaces.arch import Arch, ArchError, build_net
 from search_spaces.spaces import space_of
@@ -36,9 +36,13 @@ def predict_rows(arch: Arch, devices: list[str]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    allowed = {"arch": "PATH/arch.json (required)", "device": "all|" + "|".join(profile_names())}
+    if wants_help(argv):
+        print(usage("python -m latency.predict", __doc__, allowed))
+        return 0
     try:
-        args = parse_overrides(sys.argv[1:] if argv is None else argv,
-                               {"arch": "path to arch.json", "device": "all|" + "|".join(profile_names())})
+        args = parse_overrides(argv, allowed)
         if "arch" not in args:
             raise ValueError("missing arch=PATH/arch.json")
         arch = Arch.load(args["arch"])

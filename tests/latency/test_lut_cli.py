@@ -1,0 +1,48 @@
+import pytest
+
+from latency import lut, predict
+
+
+class _Built(Exception):
+    pass
+
+
+@pytest.fixture
+def rebuild_calls(monkeypatch):
+    calls = []
+
+    def fake_get_table(space, profile, predictor=None, rebuild=False, progress=True):
+        calls.append(rebuild)
+        raise _Built
+
+    monkeypatch.setattr(lut, "get_table", fake_get_table)
+    return calls
+
+
+@pytest.mark.parametrize("word,expected", [("true", True), ("yes", True), ("YES", True), ("1", True), ("True", True),
+                                           ("false", False), ("no", False), ("No", False), ("0", False)])
+def test_rebuild_accepts_boolean_words(rebuild_calls, word, expected):
+    with pytest.raises(_Built):
+        lut.main(["device=vpu", f"rebuild={word}"])
+    assert rebuild_calls == [expected]
+
+
+def test_rebuild_rejects_other_values_in_one_line(rebuild_calls, capsys):
+    for bad in ("maybe", "", "2", "y e s"):
+        assert lut.main(["device=vpu", f"rebuild={bad}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "rebuild=" in err and "valid: true, yes, 1, false, no, 0" in err
+    assert rebuild_calls == []  # nothing was built
+
+
+@pytest.mark.parametrize("module,keys", [(lut, ("device=", "search_space=", "rebuild=")),
+                                         (predict, ("arch=", "device="))])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_usage(module, keys, flag, capsys, rebuild_calls):
+    assert module.main([flag]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("usage: python -m latency.") and err == ""
+    for key in keys:
+        assert key in out
+    assert "vpu" in out and "host" in out  # device names come from the shipped profiles
+    assert rebuild_calls == []
