@@ -1,7 +1,8 @@
 """Parameter and multiply-add counts; ``python -m search_spaces.summary NAME|ARCH.json``.
 
-NAME is a registered model (``quadranet36_t``) or a search space (``quadra`` prints its
-smallest and largest member). MACs are counted with ``torch.utils.flop_counter`` (convs and
+NAME is a registered model (``quadranet36_t``, or a baseline of the paper's Table I:
+``convnext_t``, ``hornet_t``, ``swin_t``) or a search space (``quadra`` prints its smallest and
+largest member). MACs are counted with ``torch.utils.flop_counter`` (convs and
 matmuls; FLOPs / 2), the convention of the QuadraNet paper's table.
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from search_spaces.arch import Arch, ArchError, build_net
+from search_spaces.baseline_models import BASELINES, PAPER_SIZE, PyramidNet, baseline_model
 from search_spaces.quadranet import MODELS, quadranet_arch
 from search_spaces.spaces import SPACES, get_space
 
@@ -37,10 +39,16 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     return fc.get_total_flops() // 2
 
 
-def stage_table(arch: Arch) -> pd.DataFrame:
-    """Per-part params and MACs (stem, each stage with its transition, head)."""
-    net = build_net(arch).eval()
-    rows, x = [], torch.zeros(1, *arch.macro.input_shape)
+def _shape_and_classes(item: Arch | PyramidNet) -> tuple[tuple[int, ...], int]:
+    if isinstance(item, Arch):
+        return item.macro.input_shape, item.macro.num_classes
+    return item.input_shape, item.num_classes
+
+
+def stage_table(item: Arch | PyramidNet) -> pd.DataFrame:
+    """Per-part params and MACs (stem, each stage with its transition, head) of an Arch or a built baseline."""
+    net = (build_net(item) if isinstance(item, Arch) else item).eval()
+    rows, x = [], torch.zeros(1, *_shape_and_classes(item)[0])
     parts = [("stem", net.stem)]
     for i, (t, stage) in enumerate(zip(net.transitions, net.stages)):
         parts.append((f"stage{i}", nn.Sequential(t, *stage)))
@@ -57,15 +65,18 @@ def stage_table(arch: Arch) -> pd.DataFrame:
     return pd.concat([df, pd.DataFrame([total])], ignore_index=True)
 
 
-def resolve(name: str) -> list[tuple[str, Arch]]:
+def resolve(name: str) -> list[tuple[str, Arch | PyramidNet]]:
     if name in MODELS:
         return [(name, quadranet_arch(name))]
+    if name in BASELINES:
+        return [(name, baseline_model(name))]
     if name in SPACES:
         space = get_space(name)
         return [(f"{name} smallest", space.smallest_arch()), (f"{name} largest", space.largest_arch())]
     if name.endswith(".json"):
         return [(name, Arch.load(name))]
-    raise ValueError(f"unknown model or space {name!r}; valid: {', '.join([*MODELS, *SPACES])} or a .json file")
+    raise ValueError(f"unknown model or space {name!r}; valid: {', '.join([*MODELS, *BASELINES, *SPACES])} "
+                     "or a .json file")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,11 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ArchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for title, arch in items:
-        table = stage_table(arch)
+    for title, item in items:
+        table = stage_table(item)
         total = table.iloc[-1]
+        shape, classes = _shape_and_classes(item)
+        paper = f" (its paper: {PAPER_SIZE[title][0]}M, {PAPER_SIZE[title][1]} GMACs)" if title in PAPER_SIZE else ""
         print(f"{title}: {total.params_M:.2f}M params, {total.MACs_M / 1e3:.3f} GMACs at "
-              f"{'x'.join(map(str, arch.macro.input_shape))}, {arch.macro.num_classes} classes")
+              f"{'x'.join(map(str, shape))}, {classes} classes{paper}")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         print()
     return 0
