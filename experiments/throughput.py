@@ -1,0 +1,203 @@
+"""CPU speed of QuadraNet36-T vs ConvNeXt-T, HorNet-T (7x7) and Swin-T (QuadraNet paper, Table I).
+
+Latency at batch 1 and throughput at batch 32, with 1 and 2 threads, torch eager (NCHW,
+``inference_mode``, fp32), all measured in one run and interleaved: every round times each
+(model, batch, threads) once, rounds rotate the model order, and each number is the median over
+rounds, so drift in background load hits every model alike. Where the quadratic depthwise conv
+offers a grouped implementation (``QuadDWConv2d.impl``), QuadraNet36-T is measured with each.
+
+Ratios: QuadraNet36-T latency / baseline latency (below 1: QuadraNet is faster) and QuadraNet36-T
+throughput / baseline throughput (above 1: faster), beside the paper's A100 throughput ratio.
+
+    python -m experiments.throughput [--repeats 5] [--hw 224] [--out experiments/results]
+    python -m experiments.throughput --quick     # tiny input, 1 round: a smoke test in seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from search_spaces import quadratic
+from search_spaces.baseline_models import baseline_model
+from search_spaces.io import atomic_write_text
+from search_spaces.quadranet import quadranet
+
+QUADRA = "quadranet36_t"
+BASELINES = ("convnext_t", "hornet_t", "swin_t")
+# QuadraNet paper, Table I: A100 throughput (img/s) at 224x224
+PAPER_THROUGHPUT = {"quadranet36_t": 1971, "convnext_t": 1944, "hornet_t": 1254, "swin_t": 1321}
+
+
+def quad_impls() -> tuple[str, ...]:
+    """Implementations of the quadratic depthwise conv available in this checkout."""
+    return tuple(getattr(quadratic, "IMPLS", ("separate",)))
+
+
+def set_quad_impl(net: nn.Module, impl: str) -> int:
+    """Switch every quadratic depthwise conv of ``net`` to ``impl``; returns how many were switched."""
+    convs = [m for m in net.modules() if isinstance(m, quadratic.QuadDWConv2d)]
+    for m in convs:
+        m.impl = impl
+    return len(convs)
+
+
+def build_models(hw: int, impls: tuple[str, ...]) -> dict[str, nn.Module]:
+    """``quadranet36_t`` (and ``quadranet36_t[<impl>]`` for each other impl) and the baselines, eval mode."""
+    shape = (3, hw, hw)
+    base = quadranet(QUADRA, input_shape=shape).eval()
+    models: dict[str, nn.Module] = {}
+    for impl in impls:
+        net = base if impl == impls[0] else copy.deepcopy(base)
+        if len(impls) > 1:
+            set_quad_impl(net, impl)
+        models[QUADRA if impl == impls[0] else f"{QUADRA}[{impl}]"] = net
+    for name in BASELINES:
+        models[name] = baseline_model(name, input_shape=shape).eval()
+    return models
+
+
+def _time_call(model: nn.Module, x: torch.Tensor, threads: int, iters: int) -> float:
+    """Seconds per forward, mean of ``iters`` back-to-back calls."""
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        model(x)
+    return (time.perf_counter() - t0) / iters
+
+
+@torch.inference_mode()
+def measure(models: dict[str, nn.Module], hw: int, batches=(1, 32), threads=(1, 2), repeats: int = 5,
+            iters_b1: int = 3) -> pd.DataFrame:
+    """Interleaved timing; one row per (model, batch, threads) with the median over ``repeats`` rounds."""
+    old_threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    inputs = {b: torch.randn(b, 3, hw, hw) for b in batches}
+    configs = [(b, t) for b in batches for t in threads]
+    names = list(models)
+    samples: dict[tuple[str, int, int], list[float]] = {(n, b, t): [] for n in names for b, t in configs}
+    try:
+        for b, t in configs:  # warm-up: oneDNN primitives are created per shape and thread count
+            for n in names:
+                _time_call(models[n], inputs[b], t, 1)
+        for r in range(repeats):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for b, t in configs:
+                for n in order:
+                    samples[(n, b, t)].append(_time_call(models[n], inputs[b], t, iters_b1 if b == 1 else 1))
+    finally:
+        torch.set_num_threads(old_threads)
+    rows = []
+    for (n, b, t), s in samples.items():
+        med = statistics.median(s)
+        rows.append({"model": n, "batch": b, "threads": t, "ms_median": med * 1e3, "ms_min": min(s) * 1e3,
+                     "ms_max": max(s) * 1e3, "img_per_s": b / med, "rounds": len(s)})
+    return pd.DataFrame(rows)
+
+
+def ratios(raw: pd.DataFrame) -> pd.DataFrame:
+    """QuadraNet36-T (each impl) vs each baseline: latency ratio at the smallest batch, throughput
+    ratio at the largest, per thread count, with the paper's A100 throughput ratio."""
+    b_lat, b_thr = raw.batch.min(), raw.batch.max()
+    idx = raw.set_index(["model", "batch", "threads"])
+    quads = [m for m in raw.model.unique() if m.startswith(QUADRA)]
+    rows = []
+    for q in quads:
+        for base in BASELINES:
+            for t in sorted(raw.threads.unique()):
+                lat = idx.loc[(q, b_lat, t), "ms_median"] / idx.loc[(base, b_lat, t), "ms_median"]
+                thr = idx.loc[(q, b_thr, t), "img_per_s"] / idx.loc[(base, b_thr, t), "img_per_s"]
+                rows.append({"quadranet": q, "baseline": base, "threads": t,
+                             f"latency_ratio_b{b_lat}": lat, f"throughput_ratio_b{b_thr}": thr,
+                             "paper_throughput_ratio_A100": PAPER_THROUGHPUT[QUADRA] / PAPER_THROUGHPUT[base]})
+    return pd.DataFrame(rows)
+
+
+def _md_table(df: pd.DataFrame) -> list[str]:
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    for r in df.itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r) + " |")
+    return lines
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def to_markdown(raw: pd.DataFrame, rat: pd.DataFrame, meta: dict) -> str:
+    lines = ["# Table I: CPU speed, QuadraNet36-T vs ConvNeXt-T, HorNet-T (7x7), Swin-T", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items()]
+    lines += ["", "Latency ratio below 1 and throughput ratio above 1 mean QuadraNet36-T is faster. The paper's",
+              "ratio is A100 throughput (Table I: QuadraNet36-T 1971, ConvNeXt-T 1944, HorNet-T 1254, Swin-T 1321",
+              "img/s).",
+              "", "## Ratios", "", *_md_table(rat), "", "## Medians", "", *_md_table(raw), ""]
+    return "\n".join(lines)
+
+
+def run(hw: int = 224, batches=(1, 32), threads=(1, 2), repeats: int = 5, iters_b1: int = 3
+        ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    impls = quad_impls()
+    models = build_models(hw, impls)
+    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": _cpu_name(),
+            "cores": os.cpu_count(), "torch": torch.__version__, "input": f"3x{hw}x{hw}, fp32, NCHW, eager",
+            "rounds": repeats, "batch-1 calls per round": iters_b1, "quadratic conv impls": ", ".join(impls),
+            "load average at start": " ".join(f"{v:.2f}" for v in os.getloadavg())}
+    if len(impls) > 1:  # the variants must compute the same function
+        x = torch.randn(1, 3, hw, hw)
+        with torch.inference_mode():
+            ref = models[QUADRA](x)
+            diff = max((models[f"{QUADRA}[{i}]"](x) - ref).abs().max().item() for i in impls[1:])
+        meta["max |output difference| between impls"] = f"{diff:.2e}"
+    t0 = time.perf_counter()
+    raw = measure(models, hw, batches, threads, repeats, iters_b1)
+    meta["measurement time"] = f"{time.perf_counter() - t0:.0f} s"
+    meta["load average at end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    return raw, ratios(raw), meta
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hw", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds; each number is their median")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="latency at the first, throughput "
+                    "at the last")
+    ap.add_argument("--quick", action="store_true", help="32x32 input, batches 1 and 2, one round")
+    ap.add_argument("--out", default="experiments/results", help="folder for table1_throughput.* ('' = none)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.hw, args.repeats, args.batches = 32, 1, [1, 2]
+    raw, rat, meta = run(args.hw, tuple(args.batches), tuple(args.threads), args.repeats,
+                         1 if args.quick else 3)
+    for k, v in meta.items():
+        print(f"{k}: {v}")
+    fmt = lambda v: f"{v:.3f}"  # noqa: E731
+    print(raw.to_string(index=False, float_format=fmt))
+    print()
+    print(rat.to_string(index=False, float_format=fmt))
+    if args.out:
+        out = Path(args.out)
+        atomic_write_text(out / "table1_throughput.csv", raw.to_csv(index=False, float_format="%.4f"))
+        atomic_write_text(out / "table1_throughput_ratios.csv", rat.to_csv(index=False, float_format="%.4f"))
+        atomic_write_text(out / "table1_throughput.md", to_markdown(raw, rat, meta))
+        print(f"wrote {out}/table1_throughput.csv, table1_throughput_ratios.csv, table1_throughput.md")
+
+
+if __name__ == "__main__":
+    main()
