@@ -5,24 +5,38 @@ only; then weight steps on the training split alternate with architecture steps 
 held-out split (one every ``arch.every`` weight steps). The latency term uses the lookup
 table of the search device at its *deployment* input shape (e.g. 1x3x224x224), while the
 supernet trains at the dataset's resolution (a proxy: 28x28 Fashion-MNIST with a stride-2
-stem instead of stride 4). Everything lands in the Hydra run folder: ``arch.json``,
-``checkpoint.pt`` (resumable: rerun with the same ``hydra.run.dir``), TensorBoard logs in
-``tb/``, ``history.csv`` and ``probabilities.png``.
+stem instead of stride 4).
+
+Recipe knobs that change what is found (``conf/search.yaml``): ``train.sampling`` (weight
+steps draw their path from the learned distribution, ``proxyless``, or uniformly,
+``uniform``) and ``derive.method``:
+
+* ``argmax``: the paper's export, the most likely op per layer (may miss the budget);
+* ``budgeted``: the most likely architecture with latency in ``[derive.min_fraction * T, T]``;
+* ``select``: ``derive.candidates`` architectures in that band, drawn from the learned
+  distribution (mixed with the random-baseline distribution, see
+  :mod:`search_spaces.sampling`) plus the ``budgeted`` one, each scored on held-out images
+  with the supernet's weights; the best is exported.
+
+Everything lands in the Hydra run folder: ``arch.json``, ``checkpoint.pt`` (resumable: rerun
+with the same ``hydra.run.dir``), TensorBoard logs in ``tb/``, ``history.csv``,
+``probabilities.png``; one row per search goes to ``results_csv``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -30,21 +44,25 @@ from tqdm import tqdm
 from latency.lut import LatencyTable, deployment_space, get_table
 from latency.profiles import load_profile, profile_from_dict
 from latency.units import parse_latency_ms
-from nas.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from nas.data import DatasetNotFoundError, get_dataset, make_loader, train_val_split
+from nas.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nas.data import get_dataset, make_loader, train_val_split
 from nas.loops import (
+    DistInfo,
     all_reduce_mean_,
     cosine_lr,
     epoch_loader,
     evaluate,
-    finish_distributed,
     init_distributed,
     seed_everything,
     set_lr,
     set_threads,
 )
-from search_spaces.arch import build_net
-from search_spaces.spaces import space_from_config
+from nas.steps import arch_step, export_ms, lut_tensors, weight_step
+from nas.trainer import TrainingDiverged, append_results_row, check_resume_config, run_cli
+from search_spaces.arch import Arch, build_net
+from search_spaces.io import atomic_write_text
+from search_spaces.sampling import EmptyBand, sample_in_band
+from search_spaces.spaces import SearchSpace, space_from_config
 from search_spaces.summary import count_macs, count_params
 from supernet.derive import InfeasibleTarget, derive
 from supernet.loss import LatencyLoss
@@ -52,13 +70,346 @@ from supernet.supernet import Supernet
 
 log = logging.getLogger("nas.search")
 CHECKPOINT = "checkpoint.pt"
+DERIVATIONS = ("select", "budgeted", "argmax")
 
 
-def _lut_tensors(table: LatencyTable, model: Supernet) -> list[torch.Tensor]:
-    for ops, m in zip(table.ops(), model.mixed_ops(), strict=True):
-        if tuple(ops) != m.names:
-            raise RuntimeError(f"latency table candidates {ops} do not match the supernet's {m.names}")
-    return [torch.tensor(ms, dtype=torch.float32) for ms in table.layer_ms()]
+@dataclass
+class Setup:
+    """What a search is about: target, spaces, tables and data (nothing that trains)."""
+
+    target_ms: float
+    device: str
+    space: SearchSpace  # deployment shape, priced by the tables
+    train_space: SearchSpace  # the dataset's shape, trained
+    tables: dict[str, LatencyTable]
+    train_part: object
+    val_part: object
+
+    @property
+    def table(self) -> LatencyTable:
+        return self.tables[self.device]
+
+
+@dataclass
+class State:
+    """Everything that trains and is checkpointed."""
+
+    model: Supernet
+    w_opt: torch.optim.Optimizer
+    a_opt: torch.optim.Optimizer
+    loss_fn: LatencyLoss
+    path_gen: torch.Generator
+    luts: dict[str, list[torch.Tensor]]
+    epoch: int = 0  # epochs finished
+    step: int = 0
+    arch_steps: int = 0
+    wall_s: float = 0.0  # over every invocation
+    history: list[dict] = field(default_factory=list)
+
+    def lut(self, setup: Setup) -> list[torch.Tensor]:
+        return self.luts[setup.device]
+
+
+def search(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run (or resume) one search; returns the summary also written into ``arch.json``."""
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    check_config(cfg)
+    dist_info = init_distributed()
+    set_threads(cfg.threads)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if (run_dir / "arch.json").exists() and (run_dir / CHECKPOINT).exists():
+        return _finished(run_dir, config, dist_info)
+    setup = prepare(cfg, dist_info)
+    st = build_state(cfg, setup)
+    resume(st, run_dir / CHECKPOINT, config, dist_info)
+    writer = None
+    if dist_info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=st.step if st.step else None)
+    total_epochs = cfg.train.warmup_epochs + cfg.train.epochs
+    wall_before = st.wall_s
+    for epoch in range(st.epoch, total_epochs):
+        stats = train_epoch(cfg, setup, st, epoch, dist_info, run_dir)
+        st.epoch = epoch + 1
+        st.wall_s = wall_before + time.perf_counter() - t_start
+        end_epoch(cfg, setup, st, stats, run_dir, writer, dist_info, config)
+    if st.arch_steps == 0 and not cfg.derive.without_search:
+        raise ValueError(f"the search made no architecture step (train.epochs={cfg.train.epochs}, arch.every="
+                         f"{cfg.arch.every}): nothing was searched, so no arch.json is written; raise train.epochs, "
+                         "or pass derive.without_search=true to export from the untrained distribution")
+    summary = export(cfg, setup, st, run_dir, dist_info, wall_before + time.perf_counter() - t_start)
+    if writer is not None:
+        writer.close()
+    return summary
+
+
+# -- the parts ------------------------------------------------------------------------------
+def check_config(cfg: DictConfig) -> None:
+    """Reject values that would waste a run, before any table or data is loaded."""
+    if cfg.derive.method not in DERIVATIONS:
+        raise ValueError(f"unknown derive.method {cfg.derive.method!r}; valid: {', '.join(DERIVATIONS)}")
+    if not 0.0 <= float(cfg.derive.min_fraction) <= 1.0:
+        raise ValueError(f"derive.min_fraction={cfg.derive.min_fraction}: must lie in [0, 1]")
+    if int(cfg.derive.candidates) < 1 or int(cfg.derive.eval_images) < 1:
+        raise ValueError("derive.candidates and derive.eval_images must be >= 1")
+
+
+def prepare(cfg: DictConfig, dist_info: DistInfo) -> Setup:
+    target_ms = parse_latency_ms(cfg.latency)
+    profile = profile_from_dict(OmegaConf.to_container(cfg.device, resolve=True))
+    space = space_from_config(OmegaConf.to_container(cfg.search_space, resolve=True))
+    # Latency tables at the deployment shape: search device first, then the others for logging.
+    devices = [profile.name] + [d for d in cfg.log_devices if d != profile.name]
+    tables = {name: get_table(space, profile if name == profile.name else load_profile(name),
+                              progress=dist_info.is_main) for name in devices}
+    lo, hi = tables[profile.name].range_ms()
+    if target_ms < lo:
+        raise InfeasibleTarget(f"latency target {target_ms:.3f} ms on {profile.name} is below the space's minimum "
+                               f"{lo:.3f} ms ({tables[profile.name].predictor}); the space spans {lo:.3f}-{hi:.3f} ms")
+    if target_ms > hi:
+        warnings.warn(f"latency target {target_ms:.3f} ms is above the space's maximum {hi:.3f} ms on "
+                      f"{profile.name}: the latency term will not constrain the search", stacklevel=1)
+    d = cfg.dataset
+    train_set, info = get_dataset(d.name, "train", d.root, d.image_size, d.limit)
+    train_part, val_part = train_val_split(train_set, cfg.train.val_fraction, cfg.seed)
+    if len(train_part) < cfg.train.batch_size:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the training split "
+                         f"({len(train_part)} images): not one weight step would run")
+    train_space = space.with_input(info.input_shape, info.num_classes, cfg.search_space.train_stem_stride)
+    return Setup(target_ms, profile.name, space, train_space, tables, train_part, val_part)
+
+
+def build_state(cfg: DictConfig, setup: Setup) -> State:
+    seed_everything(cfg.seed)
+    model = Supernet(setup.train_space, cfg.train.drop_path, layer_scale_init=cfg.train.layer_scale_init)
+    t = cfg.train
+    if t.optimizer == "sgd":  # the ProxylessNAS recipe (MBConv nets)
+        w_opt = torch.optim.SGD(model.weight_parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
+                                weight_decay=t.weight_decay)
+    elif t.optimizer == "adamw":  # the QuadraNet recipe (LayerNorm/GELU blocks)
+        w_opt = torch.optim.AdamW(model.weight_parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        raise ValueError(f"unknown train.optimizer {t.optimizer!r}; valid: adamw, sgd")
+    if cfg.arch.optimizer == "adam":  # the paper's
+        a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch.lr, betas=(0.0, 0.999), weight_decay=0.0)
+    elif cfg.arch.optimizer == "sgd":
+        a_opt = torch.optim.SGD(model.arch_parameters(), lr=cfg.arch.lr)
+    else:
+        raise ValueError(f"unknown arch.optimizer {cfg.arch.optimizer!r}; valid: adam, sgd")
+    lcfg = OmegaConf.to_container(cfg.loss, resolve=True)
+    loss_fn = LatencyLoss(lcfg.pop("kind"), setup.target_ms, **lcfg)
+    luts = {n: lut_tensors(tb.ops(), tb.layer_ms(), model) for n, tb in setup.tables.items()}
+    return State(model, w_opt, a_opt, loss_fn, torch.Generator().manual_seed(cfg.seed), luts)
+
+
+def resume(st: State, path: Path, config: dict, dist_info: DistInfo) -> None:
+    if not path.exists():
+        return
+    state = load_checkpoint(path, kind="supernet")
+    check_resume_config(state["config"], config, path)
+    st.model.load_state_dict(state["model"])
+    st.w_opt.load_state_dict(state["w_opt"])
+    st.a_opt.load_state_dict(state["a_opt"])
+    st.loss_fn.load_state_dict(state["loss"])
+    st.path_gen.set_state(state["path_gen"])
+    set_rng_state(state["rng"])
+    st.epoch, st.step, st.history = state["epoch"] + 1, state["step"], state["history"]
+    st.arch_steps, st.wall_s = state.get("arch_steps", 0), state.get("wall_s", 0.0)
+    if dist_info.is_main:
+        log.info("resumed from %s after epoch %d (epochs are counted from 1)", path, st.epoch)
+
+
+def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info: DistInfo, run_dir: Path) -> dict:
+    """Weight steps on the training split; after every ``arch.every``-th one, an arch step."""
+    joint = epoch >= cfg.train.warmup_epochs
+    arch_on = joint and not (cfg.arch.skip_first_joint_epoch and epoch == cfg.train.warmup_epochs)
+    train_loader, val_loader = (epoch_loader(part, cfg.train.batch_size, cfg.seed, epoch, dist_info, stream)
+                                for stream, part in enumerate((setup.train_part, setup.val_part)))
+    total_steps = (cfg.train.warmup_epochs + cfg.train.epochs) * len(train_loader)
+    # depthwise-conv weight grads come back in another memory layout than DDP's buckets: harmless
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    model = st.model
+    forward = DistributedDataParallel(model, find_unused_parameters=True) if dist_info.enabled else model
+    val_iter = iter(val_loader)
+    model.train()
+    stats = {"loss": [], "acc": [], "arch_loss": [], "arch_ce": [], "joint": joint}
+    total_epochs = cfg.train.warmup_epochs + cfg.train.epochs
+    bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs} {'search' if joint else 'warm-up'}",
+               disable=not dist_info.is_main, leave=False)
+    for x, y in bar:
+        set_lr(st.w_opt, cosine_lr(cfg.train.lr, st.step, total_steps))
+        model.resample("weight", cfg.mode, st.path_gen, cfg.train.sampling)
+        loss, logits = weight_step(model, st.w_opt, x, y, forward, cfg.train.label_smoothing, cfg.train.grad_clip)
+        if not math.isfinite(loss.item()):
+            raise TrainingDiverged(
+                f"supernet loss is {loss.item()} at epoch {epoch + 1}, global step {st.step + 1} "
+                f"(train.lr={cfg.train.lr}); the last good checkpoint (after epoch {st.epoch}) is kept in "
+                f"{run_dir / CHECKPOINT} and nothing is exported. Lower train.lr or use a new run folder")
+        st.step += 1
+        stats["loss"].append(loss.item())
+        stats["acc"].append((logits.argmax(1) == y).float().mean().item())
+        if arch_on and st.step % cfg.arch.every == 0:
+            xv, yv = next(val_iter, (None, None))
+            if xv is None:
+                val_iter = iter(val_loader)
+                xv, yv = next(val_iter)
+            model.resample("arch", cfg.mode, st.path_gen)
+            a_loss, ce = arch_step(model, st.a_opt, st.loss_fn, xv, yv, st.lut(setup), setup.table.fixed_ms,
+                                   all_reduce_mean_ if dist_info.enabled else None)
+            st.loss_fn.update(export_ms(model, st.lut(setup), setup.table.fixed_ms))
+            st.arch_steps += 1
+            stats["arch_loss"].append(a_loss.item())
+            stats["arch_ce"].append(ce.item())
+        if dist_info.is_main and st.step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(stats['loss'][-10:]):.3f}",
+                            lat=f"{model.expected_latency_ms(st.lut(setup), setup.table.fixed_ms).item():.1f}ms")
+    return stats
+
+
+def end_epoch(cfg: DictConfig, setup: Setup, st: State, stats: dict, run_dir: Path, writer, dist_info: DistInfo,
+              config: dict) -> None:
+    """Held-out accuracy of the current argmax path, latencies, logs and the checkpoint."""
+    model = st.model
+    model.pin(model.export().choices)
+    val = evaluate(model, make_loader(setup.val_part, 256, False, 0))
+    with torch.no_grad():
+        e_lat = {n: model.expected_latency_ms(st.luts[n], t.fixed_ms).item() for n, t in setup.tables.items()}
+    row = {"epoch": st.epoch, "phase": "search" if stats["joint"] else "warm-up", "step": st.step,
+           "train_loss": float(np.mean(stats["loss"])), "train_acc": float(np.mean(stats["acc"])),
+           "val_top1_argmax": val["top1"], "arch_loss": float(np.mean(stats["arch_loss"] or [np.nan])),
+           "entropy": model.entropy().item(), "constraint_weight": st.loss_fn.weight.item(),
+           "argmax_ms": export_ms(model, st.lut(setup), setup.table.fixed_ms),
+           **{f"E[LAT]_{n}_ms": v for n, v in e_lat.items()}}
+    st.history.append(row)
+    if not dist_info.is_main:
+        return
+    for k, v in row.items():
+        if isinstance(v, float) and np.isfinite(v):
+            writer.add_scalar(k.replace("[", "").replace("]", ""), v, st.step)
+    writer.add_figure("arch/probabilities", _heatmap(model), st.step)
+    writer.flush()
+    log.info("epoch %d/%d %s: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
+             st.epoch, cfg.train.warmup_epochs + cfg.train.epochs, row["phase"])
+    save_checkpoint(run_dir / CHECKPOINT, {
+        "kind": "supernet", "config": config, "epoch": st.epoch - 1, "step": st.step, "history": st.history,
+        "arch_steps": st.arch_steps, "wall_s": st.wall_s, "model": model.state_dict(),
+        "w_opt": st.w_opt.state_dict(), "a_opt": st.a_opt.state_dict(), "loss": st.loss_fn.state_dict(),
+        "path_gen": st.path_gen.get_state(), "rng": rng_state()})
+
+
+# -- derivation and export --------------------------------------------------------------------
+def derive_choices(cfg: DictConfig, setup: Setup, st: State) -> tuple[list[str], str, list[dict]]:
+    """The exported choices, a description of how they were derived, and the scored candidates."""
+    model, table, t = st.model, setup.table, setup.target_ms
+    names = [m.names for m in model.mixed_ops()]
+    log_probs = [torch.log_softmax(a.detach(), 0).tolist() for a in model.arch_parameters()]
+    method, lo = cfg.derive.method, float(cfg.derive.min_fraction) * t
+    if method == "argmax":
+        return list(model.export().choices), "argmax (paper)", []
+    picks = derive(log_probs, table.layer_ms(), table.fixed_ms, t, min_ms=lo)
+    likely = [n[i] for n, i in zip(names, picks)]
+    if method == "budgeted":
+        how = "argmax" if tuple(likely) == model.export().choices else f"most likely in [{lo:.3f}, {t:.3f}] ms"
+        return likely, how, []
+    try:
+        drawn = sample_in_band(names, table.layer_ms(), table.fixed_ms, lo, t, int(cfg.derive.candidates),
+                               seed=cfg.seed, layer_probs=[m.probs().tolist() for m in model.mixed_ops()])
+    except EmptyBand as e:
+        log.warning("select derivation: %s; exporting the most likely architecture in the band", e)
+        drawn = []
+    candidates = list(dict.fromkeys([tuple(likely), *drawn]))
+    subset = torch.utils.data.Subset(setup.val_part, range(min(int(cfg.derive.eval_images), len(setup.val_part))))
+    loader = make_loader(subset, 256, False, 0)
+    scored = []
+    for choices in tqdm(candidates, desc="scoring candidates", leave=False):
+        model.pin(choices)
+        lp = sum(lpr[n.index(c)] for lpr, n, c in zip(log_probs, names, choices))
+        scored.append({"choices": list(choices), "val_top1": evaluate(model, loader)["top1"], "log_prob": lp,
+                       "ms": table.arch_ms(setup.space.arch(choices))})
+    best = max(scored, key=lambda r: (r["val_top1"], r["log_prob"]))
+    return best["choices"], (f"select: best held-out top-1 of {len(scored)} candidates in "
+                             f"[{lo:.3f}, {t:.3f}] ms, scored with supernet weights"), scored
+
+
+def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: DistInfo, wall_s: float) -> dict:
+    model, device, target_ms = st.model, setup.device, setup.target_ms
+    choices, how, scored = derive_choices(cfg, setup, st)
+    arch = setup.train_space.arch(choices)
+    dep_arch = deployment_space(setup.space, load_profile(device)).arch(choices)
+    dep_net = build_net(dep_arch)
+    latency = {n: {"ms": t.arch_ms(arch), "predictor": t.predictor, "provenance": t.provenance,
+                   "error_note": t.error_note, "method": "sum of per-layer table entries"}
+               for n, t in setup.tables.items()}
+    used = latency[device]["ms"] / target_ms
+    model.pin(choices)
+    val_top1 = evaluate(model, make_loader(setup.val_part, 256, False, 0))["top1"]
+    meta = {
+        "search": {"device": device, "target_ms": target_ms, "loss": cfg.loss.kind, "mode": cfg.mode,
+                   "sampling": cfg.train.sampling, "seed": cfg.seed, "dataset": cfg.dataset.name,
+                   "epochs": len(st.history), "arch_steps": st.arch_steps, "world_size": dist_info.world_size,
+                   "wall_s": round(wall_s, 1)},
+        "derivation": how,
+        "argmax_choices": list(model.export().choices),
+        "latency_ms": latency,
+        "meets_target": latency[device]["ms"] <= target_ms + 1e-9,
+        "budget_used": round(used, 4),
+        "deployment": {"input_shape": list(dep_arch.macro.input_shape), "num_classes": dep_arch.macro.num_classes,
+                       "params": count_params(dep_net), "macs": count_macs(dep_net, (1, *dep_arch.macro.input_shape))},
+        "train_params": count_params(build_net(arch)),
+        "val_top1_supernet": val_top1,
+        "final_val_top1_argmax": st.history[-1]["val_top1_argmax"] if st.history else None,
+        "candidates": scored,
+        "probabilities": [[round(p, 4) for p in m.probs().tolist()] for m in model.mixed_ops()],
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    arch = arch.with_metadata(**meta)
+    if dist_info.enabled:  # every rank must have derived the same architecture
+        import torch.distributed as dist
+        gathered = [None] * dist_info.world_size
+        dist.all_gather_object(gathered, list(choices))
+        if any(g != list(choices) for g in gathered):
+            raise RuntimeError(f"ranks derived different architectures: {gathered}")
+        arch = arch.with_metadata(ranks_agree=True)
+    if dist_info.is_main:
+        if used < float(cfg.derive.min_fraction) - 1e-9:
+            log.warning("the exported architecture uses %.0f%% of the %.3f ms budget (%.3f ms): nothing more likely "
+                        "fits the band [%.0f%%, 100%%]", 100 * used, target_ms, latency[device]["ms"],
+                        100 * cfg.derive.min_fraction)
+        atomic_write_text(run_dir / "history.csv", pd.DataFrame(st.history).to_csv(index=False))
+        import matplotlib.pyplot as plt
+        fig = _heatmap(model)
+        fig.savefig(run_dir / "probabilities.png", dpi=100)
+        plt.close(fig)
+        arch.save(run_dir / "arch.json")
+        if cfg.results_csv:
+            append_results_row(Path(cfg.results_csv), _results_row(arch, run_dir))
+        log.info("search summary\n%s", _summary_text(arch, run_dir, target_ms, device))
+    return arch.metadata
+
+
+def _finished(run_dir: Path, config: dict, dist_info: DistInfo) -> dict:
+    """A rerun of a finished search: check it is the same search, print its summary, rewrite nothing."""
+    state = load_checkpoint(run_dir / CHECKPOINT, kind="supernet")
+    check_resume_config(state["config"], config, run_dir / CHECKPOINT)
+    arch = Arch.load(run_dir / "arch.json")
+    if dist_info.is_main:
+        log.info("%s already holds a finished search; nothing rewritten\n%s", run_dir,
+                 _summary_text(arch, run_dir, arch.metadata["search"]["target_ms"], arch.metadata["search"]["device"]))
+    return arch.metadata
+
+
+def _results_row(arch: Arch, run_dir: Path) -> dict:
+    m = arch.metadata
+    row = {"run_dir": str(run_dir), "device": m["search"]["device"], "target_ms": m["search"]["target_ms"]}
+    for name, lat in m["latency_ms"].items():
+        row[f"{name}_ms"] = lat["ms"]
+    row.update(budget_used=m["budget_used"], derivation=m["derivation"], sampling=m["search"]["sampling"],
+               loss=m["search"]["loss"], mode=m["search"]["mode"], val_top1_supernet=m["val_top1_supernet"],
+               deploy_params=m["deployment"]["params"], deploy_macs=m["deployment"]["macs"],
+               seed=m["search"]["seed"], dataset=m["search"]["dataset"], wall_s=m["search"]["wall_s"],
+               choices=" ".join(c.replace("quadra_", "") for c in arch.choices))
+    return row
 
 
 def _heatmap(model: Supernet):
@@ -81,230 +432,18 @@ def _heatmap(model: Supernet):
     return fig
 
 
-def _export_ms(model: Supernet, lut: list[torch.Tensor], fixed_ms: float) -> float:
-    """Table latency of the argmax architecture (what would be exported now)."""
-    return fixed_ms + sum(float(t[int(m.alpha.argmax())]) for m, t in zip(model.mixed_ops(), lut))
-
-
-def _weight_optimizer(t: DictConfig, params) -> torch.optim.Optimizer:
-    if t.optimizer == "sgd":  # the ProxylessNAS recipe (MBConv nets)
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay)
-    if t.optimizer == "adamw":  # the QuadraNet recipe (LayerNorm/GELU blocks)
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    raise ValueError(f"unknown train.optimizer {t.optimizer!r}; valid: adamw, sgd")
-
-
-def search(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run (or resume) one search; returns the summary also written into ``arch.json``."""
-    t_start = time.perf_counter()
-    dist_info = init_distributed()
-    set_threads(cfg.threads)
-    target_ms = parse_latency_ms(cfg.latency)
-    profile = profile_from_dict(OmegaConf.to_container(cfg.device, resolve=True))
-    space = space_from_config(OmegaConf.to_container(cfg.search_space, resolve=True))
-    config = OmegaConf.to_container(cfg, resolve=True)
-
-    # Latency tables at the deployment shape: search device first, then the others for logging.
-    devices = [profile.name] + [d for d in cfg.log_devices if d != profile.name]
-    tables = {}
-    for name in devices:
-        tables[name] = get_table(space, profile if name == profile.name else load_profile(name),
-                                 progress=dist_info.is_main)
-    table = tables[profile.name]
-    lo, hi = table.range_ms()
-    if target_ms < lo:
-        raise InfeasibleTarget(f"latency target {target_ms:.3f} ms on {profile.name} is below the space's minimum "
-                               f"{lo:.3f} ms ({table.predictor}); the space spans {lo:.3f}-{hi:.3f} ms")
-    if target_ms > hi:
-        warnings.warn(f"latency target {target_ms:.3f} ms is above the space's maximum {hi:.3f} ms on "
-                      f"{profile.name}: the latency term will not constrain the search", stacklevel=1)
-
-    # Data: the training split minus a held-out part for architecture steps.
-    d = cfg.dataset
-    train_set, info = get_dataset(d.name, "train", d.root, d.image_size, d.limit)
-    train_part, val_part = train_val_split(train_set, cfg.train.val_fraction, cfg.seed)
-
-    seed_everything(cfg.seed)
-    train_space = space.with_input(info.input_shape, info.num_classes, cfg.search_space.train_stem_stride)
-    model = Supernet(train_space, cfg.train.drop_path, layer_scale_init=cfg.train.layer_scale_init)
-    luts = {name: _lut_tensors(t, model) for name, t in tables.items()}
-    w_opt = _weight_optimizer(cfg.train, model.weight_parameters())
-    if cfg.arch.optimizer == "adam":  # the paper's
-        a_opt = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch.lr, betas=(0.0, 0.999), weight_decay=0.0)
-    elif cfg.arch.optimizer == "sgd":
-        a_opt = torch.optim.SGD(model.arch_parameters(), lr=cfg.arch.lr)
-    else:
-        raise ValueError(f"unknown arch.optimizer {cfg.arch.optimizer!r}; valid: adam, sgd")
-    lcfg = OmegaConf.to_container(cfg.loss, resolve=True)
-    loss_fn = LatencyLoss(lcfg.pop("kind"), target_ms, **lcfg)
-    path_gen = torch.Generator().manual_seed(cfg.seed)
-    # depthwise-conv weight grads come back in another memory layout than DDP's buckets: harmless
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    ddp = DistributedDataParallel(model, find_unused_parameters=True) if dist_info.enabled else model
-
-    total_epochs = cfg.train.warmup_epochs + cfg.train.epochs
-    steps_per_epoch = len(train_part) // cfg.train.batch_size
-    total_steps = total_epochs * steps_per_epoch
-    start_epoch, step, history = 0, 0, []
-
-    ckpt_path = run_dir / CHECKPOINT
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, kind="supernet")
-        if state["config"] != config:
-            diff = sorted(k for k in set(config) | set(state["config"]) if config.get(k) != state["config"].get(k))
-            raise CheckpointError(f"{ckpt_path} was written by a run with a different config (differs in: "
-                                  f"{', '.join(diff)}); resume with the same overrides or use a new run folder")
-        model.load_state_dict(state["model"])
-        w_opt.load_state_dict(state["w_opt"])
-        a_opt.load_state_dict(state["a_opt"])
-        loss_fn.load_state_dict(state["loss"])
-        path_gen.set_state(state["path_gen"])
-        set_rng_state(state["rng"])
-        start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
-        if dist_info.is_main:
-            log.info("resumed from %s after epoch %d", ckpt_path, state["epoch"])
-
-    writer = None
-    if dist_info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
-
-    arch_params = model.arch_parameters()
-    for epoch in range(start_epoch, total_epochs):
-        joint = epoch >= cfg.train.warmup_epochs
-        arch_on = joint and not (cfg.arch.skip_first_joint_epoch and epoch == cfg.train.warmup_epochs)
-        train_loader, val_loader = (epoch_loader(part, cfg.train.batch_size, cfg.seed, epoch, dist_info, stream)
-                                    for stream, part in enumerate((train_part, val_part)))
-        val_iter = iter(val_loader)
-        model.train()
-        stats = {"loss": [], "acc": [], "arch_loss": [], "arch_ce": []}
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs} {'search' if joint else 'warm-up'}",
-                   disable=not dist_info.is_main, leave=False)
-        for x, y in bar:
-            # weight step: one sampled path, ordinary autograd
-            set_lr(w_opt, cosine_lr(cfg.train.lr, step, total_steps))
-            model.resample("weight", cfg.mode, path_gen)
-            logits = ddp(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.train.label_smoothing)
-            w_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.weight_parameters(), cfg.train.grad_clip)
-            w_opt.step()
-            step += 1
-            stats["loss"].append(loss.item())
-            stats["acc"].append((logits.argmax(1) == y).float().mean().item())
-
-            if arch_on and step % cfg.arch.every == 0:
-                xv, yv = next(val_iter, (None, None))
-                if xv is None:
-                    val_iter = iter(val_loader)
-                    xv, yv = next(val_iter)
-                model.resample("arch", cfg.mode, path_gen)
-                ce = F.cross_entropy(model(xv), yv)
-                expected = model.expected_latency_ms(luts[profile.name], table.fixed_ms)
-                arch_loss = loss_fn(ce, expected)
-                grads = torch.autograd.grad(arch_loss, arch_params)  # weights' .grad untouched
-                all_reduce_mean_(list(grads))
-                for p, g in zip(arch_params, grads):
-                    p.grad = g
-                a_opt.step()
-                model.rescale()
-                loss_fn.update(_export_ms(model, luts[profile.name], table.fixed_ms))
-                stats["arch_loss"].append(arch_loss.item())
-                stats["arch_ce"].append(ce.item())
-            if dist_info.is_main and step % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(stats['loss'][-10:]):.3f}",
-                                lat=f"{model.expected_latency_ms(luts[profile.name], table.fixed_ms).item():.1f}ms")
-
-        # end of epoch: held-out accuracy of the current argmax path, latencies, checkpoint
-        model.pin(model.export().choices)
-        val = evaluate(model, make_loader(val_part, 256, False, 0))
-        with torch.no_grad():
-            e_lat = {n: model.expected_latency_ms(luts[n], tables[n].fixed_ms).item() for n in tables}
-        row = {"epoch": epoch + 1, "phase": "search" if joint else "warm-up", "step": step,
-               "train_loss": float(np.mean(stats["loss"])), "train_acc": float(np.mean(stats["acc"])),
-               "val_top1_argmax": val["top1"], "arch_loss": float(np.mean(stats["arch_loss"] or [np.nan])),
-               "entropy": model.entropy().item(), "constraint_weight": loss_fn.weight.item(),
-               "argmax_ms": _export_ms(model, luts[profile.name], table.fixed_ms),
-               **{f"E[LAT]_{n}_ms": v for n, v in e_lat.items()}}
-        history.append(row)
-        if dist_info.is_main:
-            for k, v in row.items():
-                if isinstance(v, float) and np.isfinite(v):
-                    writer.add_scalar(k.replace("[", "").replace("]", ""), v, step)
-            writer.add_figure("arch/probabilities", _heatmap(model), step)
-            writer.flush()
-            log.info("epoch %d/%d %s: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()
-                                                      if isinstance(v, float)), epoch + 1, total_epochs, row["phase"])
-            save_checkpoint(ckpt_path, {
-                "kind": "supernet", "config": config, "epoch": epoch, "step": step, "history": history,
-                "model": model.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-                "loss": loss_fn.state_dict(), "path_gen": path_gen.get_state(), "rng": rng_state()})
-
-    summary = _export(cfg, run_dir, model, space, train_space, tables, target_ms, profile.name, history,
-                      dist_info, time.perf_counter() - t_start)
-    if writer is not None:
-        writer.close()
-    return summary
-
-
-def _export(cfg, run_dir, model, space, train_space, tables, target_ms, device, history, dist_info, wall_s):
-    table = tables[device]
-    log_probs = [torch.log_softmax(a.detach(), 0).tolist() for a in model.arch_parameters()]
-    argmax = model.export()
-    picks = derive(log_probs, table.layer_ms(), table.fixed_ms, target_ms if cfg.derive.budgeted else None)
-    choices = [m.names[i] for m, i in zip(model.mixed_ops(), picks)]
-    arch = train_space.arch(choices)
-    dep_arch = deployment_space(space, load_profile(device)).arch(choices)
-    dep_net = build_net(dep_arch)
-    latency = {n: {"ms": t.arch_ms(arch), "predictor": t.predictor, "provenance": t.provenance,
-                   "error_note": t.error_note, "method": "sum of per-layer table entries"}
-               for n, t in tables.items()}
-    meta = {
-        "search": {"device": device, "target_ms": target_ms, "loss": cfg.loss.kind, "mode": cfg.mode,
-                   "seed": cfg.seed, "dataset": cfg.dataset.name, "epochs": len(history),
-                   "world_size": dist_info.world_size, "wall_s": round(wall_s, 1)},
-        "derivation": "argmax" if tuple(choices) == argmax.choices else "budgeted (argmax exceeded the target)",
-        "argmax_choices": list(argmax.choices),
-        "latency_ms": latency,
-        "meets_target": latency[device]["ms"] <= target_ms + 1e-9,
-        "deployment": {"input_shape": list(dep_arch.macro.input_shape), "num_classes": dep_arch.macro.num_classes,
-                       "params": count_params(dep_net), "macs": count_macs(dep_net, (1, *dep_arch.macro.input_shape))},
-        "train_params": count_params(build_net(arch)),
-        "final_val_top1_argmax": history[-1]["val_top1_argmax"] if history else None,
-        "probabilities": [[round(p, 4) for p in m.probs().tolist()] for m in model.mixed_ops()],
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    arch = arch.with_metadata(**meta)
-    if dist_info.enabled:  # every rank must have derived the same architecture
-        import torch.distributed as dist
-        gathered = [None] * dist_info.world_size
-        dist.all_gather_object(gathered, list(choices))
-        if any(g != list(choices) for g in gathered):
-            raise RuntimeError(f"ranks derived different architectures: {gathered}")
-        arch = arch.with_metadata(ranks_agree=True)
-    if dist_info.is_main:
-        arch.save(run_dir / "arch.json")
-        pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
-        import matplotlib.pyplot as plt
-        fig = _heatmap(model)
-        fig.savefig(run_dir / "probabilities.png", dpi=100)
-        plt.close(fig)
-        print(_summary_text(arch, run_dir, target_ms, device))
-    return arch.metadata
-
-
-def _summary_text(arch, run_dir: Path, target_ms: float, device: str) -> str:
+def _summary_text(arch: Arch, run_dir: Path, target_ms: float, device: str) -> str:
     m = arch.metadata
     lines = [f"== QuadraNAS search: {device} target {target_ms:.3f} ms ==",
              f"architecture ({m['derivation']}): " + " ".join(c.replace("quadra_", "") for c in arch.choices)]
     for name, lat in m["latency_ms"].items():
-        flag = (" <= target" if m["meets_target"] else " > TARGET") if name == device else ""
+        flag = (f" <= target ({100 * m['budget_used']:.0f}% of it)" if m["meets_target"] else " > TARGET") \
+            if name == device else ""
         lines.append(f"  {name:5s} {lat['ms']:9.3f} ms{flag}  [{lat['predictor']}: {lat['provenance']}"
                      + (f"; {lat['error_note']}" if lat["error_note"] else "") + "]")
     dep = m["deployment"]
     lines += [f"deployment {'x'.join(map(str, dep['input_shape']))}: {dep['params'] / 1e6:.2f}M params, "
-              f"{dep['macs'] / 1e6:.0f}M MACs; held-out top-1 of the argmax path {m['final_val_top1_argmax']:.3f}",
+              f"{dep['macs'] / 1e6:.0f}M MACs; held-out top-1 in the supernet {m['val_top1_supernet']:.3f}",
               f"wall time {m['search']['wall_s']:.0f} s; outputs in {run_dir}: arch.json checkpoint.pt tb/ "
               "history.csv probabilities.png",
               f"retrain: python -m nas.retrain arch={run_dir / 'arch.json'}"]
@@ -314,14 +453,9 @@ def _summary_text(arch, run_dir: Path, target_ms: float, device: str) -> str:
 @hydra.main(version_base=None, config_path="pkg://conf", config_name="search")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        search(cfg, run_dir)
-    except (ValueError, DatasetNotFoundError, CheckpointError) as e:
-        finish_distributed(ok=False)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    finish_distributed()
+    code = run_cli(lambda: search(cfg, Path(HydraConfig.get().runtime.output_dir)))
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -298,7 +298,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _check_resume_config(saved: dict, config: dict, path: Path) -> None:
+def check_resume_config(saved: dict, config: dict, path: Path) -> None:
+    """The one resume rule of search and retrain: configs may differ only in :data:`RESUME_FREE`."""
     a, b = _flat(_without(saved, RESUME_FREE)), _flat(_without(config, RESUME_FREE))
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
@@ -335,7 +336,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     state = None
     if resume:
         state = load_checkpoint(ckpt_path, kind="net")
-        _check_resume_config(state["config"], config, ckpt_path)
+        check_resume_config(state["config"], config, ckpt_path)
         if state.get("arch") != job.arch.to_dict():
             raise CheckpointError(f"{ckpt_path} holds another architecture than {job.label}; use a new run folder")
         init_desc = state["init"]

@@ -15,6 +15,11 @@ probability, and given the number of blocks, their positions and ops are uniform
 in the band. It is not uniform over the band's members (the band's many-block corner, when it
 has one, is drawn as often as its few-block corner). Duplicates are removed.
 
+With ``layer_probs`` (e.g. a search's learned distribution), a fraction ``mix`` of the draws
+instead picks every layer's op from its row of ``layer_probs``; the rest follow the
+distribution above, so a peaked distribution that rarely lands in the band still yields
+candidates.
+
 Latency enters as plain numbers (one row of candidate latencies in ms per layer), so this
 module knows nothing about devices or predictors.
 """
@@ -34,7 +39,8 @@ class EmptyBand(ValueError):
 
 def sample_in_band(candidates: Sequence[Sequence[str]], layer_ms: Sequence[Sequence[float]], fixed_ms: float,
                    lo_ms: float, hi_ms: float, n: int, seed: int = 0, batch: int = 200_000,
-                   max_draws: int = 20_000_000) -> list[tuple[str, ...]]:
+                   max_draws: int = 20_000_000, layer_probs: Sequence[Sequence[float]] | None = None,
+                   mix: float = 0.5) -> list[tuple[str, ...]]:
     """``n`` distinct architectures (choice names per layer) whose latency lies in ``[lo_ms, hi_ms]``.
 
     Deterministic in ``seed``. Raises :class:`EmptyBand` naming the space's range when the band
@@ -52,6 +58,10 @@ def sample_in_band(candidates: Sequence[Sequence[str]], layer_ms: Sequence[Seque
     if hi_ms < lo_space or lo_ms > hi_space:
         raise EmptyBand(f"latency band [{lo_ms:.3f}, {hi_ms:.3f}] ms lies outside the space's range "
                         f"{lo_space:.3f}-{hi_space:.3f} ms")
+    if layer_probs is not None:
+        cdfs = [np.cumsum(np.asarray(r, dtype=np.float64) / np.sum(r)) for r in layer_probs]
+        if len(cdfs) != len(ms) or any(len(c) != len(r) for c, r in zip(cdfs, ms)):
+            raise ValueError("layer_probs must have one probability per candidate of every layer")
     rng = np.random.default_rng(seed)
     skip_idx = [next((i for i, c in enumerate(cs) if c in SKIP_OPS), -1) for cs in candidates]
     blocks = [np.array([i for i, c in enumerate(cs) if c not in SKIP_OPS]) for cs in candidates]
@@ -59,12 +69,16 @@ def sample_in_band(candidates: Sequence[Sequence[str]], layer_ms: Sequence[Seque
     drawn = 0
     while len(found) < n and drawn < max_draws:
         s = rng.random(batch)
+        use_p = rng.random(batch) < mix if layer_probs is not None else None
         picks = np.empty((batch, len(ms)), dtype=np.int64)
         lat = np.full(batch, float(fixed_ms))
         for layer, (row, skip, ops) in enumerate(zip(ms, skip_idx, blocks)):
             choice = ops[rng.integers(0, len(ops), batch)]
             if skip >= 0:
                 choice = np.where(rng.random(batch) < s, skip, choice)
+            if use_p is not None:
+                learned = np.minimum(np.searchsorted(cdfs[layer], rng.random(batch)), len(row) - 1)
+                choice = np.where(use_p, learned, choice)
             picks[:, layer] = choice
             lat += row[choice]
         for row in picks[(lat >= lo_ms) & (lat <= hi_ms)]:

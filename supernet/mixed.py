@@ -2,7 +2,9 @@
 
 Binary gates (ProxylessNAS). Each step samples paths from ``p = softmax(alpha)``:
 
-* weight step: one path, run alone, ordinary autograd; ``alpha`` gets no gradient.
+* weight step: one path, run alone, ordinary autograd; ``alpha`` gets no gradient. The path is
+  drawn from ``p`` (``sampling="proxyless"``, the paper's) or uniformly (``sampling="uniform"``,
+  FairNAS/SPOS-style: every candidate trains equally often whatever ``alpha`` prefers).
 * arch step, mode ``two`` (the paper's): two paths without replacement; the gate is
   drawn from ``p`` renormalised over the pair; only the active path runs forward.
 * arch step, mode ``full_v2`` (the official script's default): one path from ``p``;
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MODES = ("two", "full_v2", "full")
+SAMPLINGS = ("proxyless", "uniform")  # how weight steps draw their path
 
 
 @dataclass(frozen=True)
@@ -94,12 +97,18 @@ class MixedOp(nn.Module):
     def probs(self) -> torch.Tensor:
         return F.softmax(self.alpha, dim=0)
 
-    def resample(self, kind: str, mode: str, generator: torch.Generator | None = None) -> Sample:
-        """Draw this step's paths. ``kind`` is ``weight`` or ``arch``; ``mode`` one of MODES."""
+    def resample(self, kind: str, mode: str, generator: torch.Generator | None = None,
+                 sampling: str = "proxyless") -> Sample:
+        """Draw this step's paths. ``kind`` is ``weight`` or ``arch``; ``mode`` one of MODES;
+        ``sampling`` (weight steps) one of SAMPLINGS."""
         if mode not in MODES:
             raise ValueError(f"unknown binary-gate mode {mode!r}; valid: {', '.join(MODES)}")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"unknown weight sampling {sampling!r}; valid: {', '.join(SAMPLINGS)}")
         p = self.probs().detach()
         n = len(self.candidates)
+        if kind == "weight" and sampling == "uniform":
+            p = torch.full_like(p, 1.0 / n)
         if kind == "weight" or n == 1:
             active = int(torch.multinomial(p, 1, generator=generator))
             self.sample = Sample(active, (active,), None)

@@ -50,9 +50,10 @@ class Supernet(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch]
 
     # -- sampling -----------------------------------------------------------------------
-    def resample(self, kind: str, mode: str = "two", generator: torch.Generator | None = None) -> None:
+    def resample(self, kind: str, mode: str = "two", generator: torch.Generator | None = None,
+                 sampling: str = "proxyless") -> None:
         for m in self.mixed_ops():
-            m.resample(kind, mode, generator)
+            m.resample(kind, mode, generator, sampling)
 
     def rescale(self) -> None:
         for m in self.mixed_ops():

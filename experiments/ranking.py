@@ -1,0 +1,141 @@
+"""Can the supernet's accuracy signal be trusted? ``python -m experiments.ranking``.
+
+Kendall tau between two accuracies of the same architectures:
+
+* **supernet**: held-out top-1 (the search's own held-out split) of the path pinned in a
+  trained supernet, with the weights it inherits there;
+* **retrained**: test top-1 after retraining it standalone with the benchmark's recipe.
+
+Architectures: ``--k`` random draws in each band ``[0.9 T, T]`` for ``T`` in ``--bands`` on the
+``--device`` table (the sampler of :mod:`search_spaces.sampling`), so they span the latency
+range; the draws of the band also used by :mod:`experiments.search_vs_random` come out the same
+and their retrains are shared (same folders). The supernet is a finished search run of
+``experiments.search_vs_random`` (``--variant``, ``--point``, seed 0), searched first if needed.
+
+Prints tau over all architectures and within each band, and writes
+``ranking_<variant>.csv``/``.md``/``.png`` into ``--out``. Resumable like the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+from scipy.stats import kendalltau
+
+from experiments.search_vs_random import (
+    DEFAULT_RECIPE,
+    ROOT,
+    parse_grid,
+    random_archs,
+    retrain_run,
+    search_run,
+)
+from nas.checkpoint import load_checkpoint
+from nas.data import make_loader
+from nas.loops import DistInfo, evaluate, set_threads
+from nas.search import build_state, prepare
+from search_spaces.arch import Arch
+from search_spaces.io import atomic_write_text
+
+
+def supernet_scores(run_dir: Path, archs: list[Arch], eval_images: int | None = None) -> list[float]:
+    """Held-out top-1 of each architecture's path in the supernet of a finished search run."""
+    state = load_checkpoint(run_dir / "checkpoint.pt", kind="supernet")
+    cfg = OmegaConf.create(state["config"])
+    setup = prepare(cfg, DistInfo())
+    st = build_state(cfg, setup)
+    st.model.load_state_dict(state["model"])
+    val = setup.val_part
+    if eval_images is not None:
+        val = torch.utils.data.Subset(val, range(min(eval_images, len(val))))
+    loader = make_loader(val, 256, False, 0)
+    scores = []
+    for arch in archs:
+        st.model.pin(arch.choices)
+        scores.append(evaluate(st.model, loader)["top1"])
+    return scores
+
+
+def tau(a, b) -> float:
+    return float(kendalltau(a, b).statistic) if len(a) >= 3 else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="vpu")
+    p.add_argument("--bands", default="10ms,20ms,30ms,45ms,60ms", help="band tops T; each band is [0.9T, T]")
+    p.add_argument("--k", type=int, default=3, help="draws per band")
+    p.add_argument("--variant", default="default", help="search variant whose supernet is scored")
+    p.add_argument("--search", default="", help="nas.search overrides of that variant (as in the benchmark)")
+    p.add_argument("--point", default="vpu:30ms", help="which search of the variant (seed 0) holds the supernet")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE)
+    p.add_argument("--dataset", default="fashion_mnist")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
+    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+    a = p.parse_args(argv)
+    set_threads(1)
+    recipe = shlex.split(a.recipe)
+    bands = parse_grid(",".join(f"{a.device}:{t}" for t in a.bands.split(",")))
+    (point,) = parse_grid(a.point)
+    items = [(band, path) for band in bands
+             for path in random_archs(band, a.k, a.dataset, a.root / "random" / a.dataset / band.tag)]
+    variant_dir = a.root / "search" / a.dataset / a.variant
+    with ThreadPoolExecutor(a.jobs) as pool:
+        supernet = pool.submit(search_run, point, 0, variant_dir, shlex.split(a.search), a.dataset)
+        retrained = list(pool.map(lambda it: retrain_run(it[1], 0, recipe, a.dataset, a.root), items))
+        arch_path = supernet.result()
+    archs = [Arch.load(path) for _, path in items]
+    scores = supernet_scores(arch_path.parent, archs)
+    rows = pd.DataFrame([{"band_top_ms": band.target_ms, "latency_ms": arch.metadata["random_draw"]["ms"],
+                          "supernet_top1": s, "retrained_top1": r["top1"],
+                          "choices": " ".join(c.replace("quadra_", "") for c in arch.choices)}
+                         for (band, _), arch, s, r in zip(items, archs, scores, retrained)])
+    overall = tau(rows.supernet_top1, rows.retrained_top1)
+    per_band = {t: tau(g.supernet_top1, g.retrained_top1) for t, g in rows.groupby("band_top_ms")}
+    lat_tau = tau(rows.latency_ms, rows.retrained_top1)
+    md = [f"# Supernet ranking vs retrained ranking ({a.variant})\n",
+          f"Supernet: `{arch_path.parent}` (search overrides: `{a.search or 'defaults'}`). Retrain recipe: "
+          f"`{a.recipe}`. {len(rows)} architectures, {a.k} per band [0.9T, T] on the {a.device} table.\n",
+          f"- Kendall tau, supernet vs retrained top-1, all architectures: **{overall:.3f}**",
+          f"- Kendall tau, latency vs retrained top-1 (what latency alone predicts): {lat_tau:.3f}",
+          "- within each band: " + ", ".join(f"T={t:g} ms: {v:.2f}" for t, v in per_band.items()), "",
+          "| band T ms | latency ms | supernet top-1 | retrained top-1 | choices |", "|---|---|---|---|---|"]
+    md += [f"| {r.band_top_ms:g} | {r.latency_ms:.2f} | {r.supernet_top1:.4f} | {r.retrained_top1:.4f} | {r.choices} |"
+           for r in rows.itertuples()]
+    a.out.mkdir(parents=True, exist_ok=True)
+    stem = a.out / f"ranking_{a.dataset}_{a.variant}"
+    atomic_write_text(stem.with_suffix(".csv"), rows.to_csv(index=False))
+    atomic_write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")
+    _plot(rows, overall, stem.with_suffix(".png"))
+    print("\n".join(md))
+    return 0
+
+
+def _plot(rows: pd.DataFrame, overall: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 4))
+    sc = ax.scatter(rows.supernet_top1, rows.retrained_top1, c=rows.latency_ms, cmap="viridis")
+    fig.colorbar(sc, ax=ax, label="table latency (ms)")
+    ax.set_xlabel("supernet held-out top-1 (inherited weights)")
+    ax.set_ylabel("retrained test top-1")
+    ax.set_title(f"Kendall tau {overall:.2f} over {len(rows)} architectures")
+    lo, hi = np.nanmin(rows.retrained_top1), np.nanmax(rows.retrained_top1)
+    ax.set_ylim(lo - 0.1 * (hi - lo + 1e-3), hi + 0.1 * (hi - lo + 1e-3))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
