@@ -158,16 +158,26 @@ def run(hw: int = 224, batches=(1, 32), threads=(1, 2), repeats: int = 5, iters_
             "cores": os.cpu_count(), "torch": torch.__version__, "input": f"3x{hw}x{hw}, fp32, NCHW, eager",
             "rounds": repeats, "batch-1 calls per round": iters_b1, "quadratic conv impls": ", ".join(impls),
             "load average at start": " ".join(f"{v:.2f}" for v in os.getloadavg())}
-    if len(impls) > 1:  # the variants must compute the same function
-        x = torch.randn(1, 3, hw, hw)
+    if len(impls) > 1:  # the variants must compute the same function; layer scales 1 so every block counts
+        x, live = torch.randn(1, 3, hw, hw), copy.deepcopy(models[QUADRA])
+        with torch.no_grad():
+            for name, p in live.named_parameters():
+                if "gamma" in name:
+                    p.fill_(1.0)
         with torch.inference_mode():
-            ref = models[QUADRA](x)
-            diff = max((models[f"{QUADRA}[{i}]"](x) - ref).abs().max().item() for i in impls[1:])
-        meta["max |output difference| between impls"] = f"{diff:.2e}"
+            ref, diff = live(x), 0.0
+            for i in impls[1:]:
+                set_quad_impl(live, i)
+                diff = max(diff, (live(x) - ref).abs().max().item() / ref.abs().max().item())
+        meta["max relative output difference between impls (layer scales 1)"] = f"{diff:.2e}"
     t0 = time.perf_counter()
     raw = measure(models, hw, batches, threads, repeats, iters_b1)
     meta["measurement time"] = f"{time.perf_counter() - t0:.0f} s"
     meta["load average at end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    busy = max(float(v) for key in ("load average at start", "load average at end") for v in meta[key].split())
+    if busy > (os.cpu_count() or 1):
+        meta["warning"] = (f"the host was busy (load average up to {busy:.1f} on {os.cpu_count()} cores): numbers "
+                           f"with more threads than idle cores measure contention, not the models")
     return raw, ratios(raw), meta
 
 

@@ -124,7 +124,8 @@ class WindowAttention(nn.Module):
         attn = (q * self.scale) @ k.transpose(-2, -1) + self.rel_bias[self.rel_index].permute(2, 0, 1)
         if mask is not None:
             nw = mask.shape[0]
-            attn = (attn.view(bn // nw, nw, self.heads, n, n) + mask[None, :, None]).view(bn, self.heads, n, n)
+            attn = attn.view(bn // nw, nw, self.heads, n, n) + mask[None, :, None].to(attn.dtype)
+            attn = attn.view(bn, self.heads, n, n)
         return self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(bn, n, c))
 
 
