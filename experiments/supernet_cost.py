@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from nas.steps import arch_step, lut_tensors, weight_step
 from search_spaces.arch import Arch, build_net, input_shapes
 from search_spaces.io import atomic_write_text
 from search_spaces.memory import saved_activation_bytes
@@ -103,10 +104,7 @@ def latency_lut(space: SearchSpace, model: Supernet, lut: str = "auto") -> tuple
         try:
             from latency.lut import get_table
             table = get_table(space, "vpu", progress=False)
-            if [tuple(o) for o in table.ops()] != [m.names for m in model.mixed_ops()]:
-                raise RuntimeError("table candidates do not match the supernet's")
-            rows = [torch.tensor(ms, dtype=torch.float32) for ms in table.layer_ms()]
-            return rows, table.fixed_ms, f"vpu table ({table.predictor})"
+            return lut_tensors(table.ops(), table.layer_ms(), model), table.fixed_ms, f"vpu table ({table.predictor})"
         except Exception as e:  # a stand-in being written may fail in any way
             rows, fixed = _synthetic_lut(model)
             return rows, fixed, f"synthetic MACs-proportional (vpu table failed: {type(e).__name__}: {e})"
@@ -174,35 +172,29 @@ def _run(batch, repeats, warmup, arch, seed, space, lut) -> pd.DataFrame:
     a_opt = torch.optim.Adam(arch_params, lr=1e-3, betas=(0.0, 0.999))
     gen = torch.Generator().manual_seed(seed)
 
-    def weight_step(m, opt):
-        def step():
-            loss = F.cross_entropy(m(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step
+    def net_step():
+        loss = F.cross_entropy(net(x), y)
+        n_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        n_opt.step()
 
     def arch_loss():
         ce = F.cross_entropy(model(x), y)
         return loss_fn(ce, model.expected_latency_ms(layer_ms, fixed_ms))
 
-    def arch_step():
-        grads = torch.autograd.grad(arch_loss(), arch_params)  # weights' .grad untouched
-        for p, g in zip(arch_params, grads):
-            p.grad = g
-        a_opt.step()
-        model.rescale()
+    def arch_step_():  # the search's own architecture step
+        arch_step(model, a_opt, loss_fn, x, y, layer_ms, fixed_ms)
 
     # (prepare, step, forward-for-memory) per row; prepare runs untimed before every step
     def pin():
         model.pin(choices)
 
     steps: dict[str, tuple[Callable[[], None], Callable[[], None], Callable[[], torch.Tensor]]] = {
-        ROWS[0]: (lambda: None, weight_step(net, n_opt), lambda: F.cross_entropy(net(x), y)),
-        ROWS[1]: (pin, weight_step(model, w_opt), lambda: F.cross_entropy(model(x), y)),
+        ROWS[0]: (lambda: None, net_step, lambda: F.cross_entropy(net(x), y)),
+        ROWS[1]: (pin, lambda: weight_step(model, w_opt, x, y), lambda: F.cross_entropy(model(x), y)),
     }
     for row, mode in zip(ROWS[2:], ARCH_MODES):
-        steps[row] = (lambda mode=mode: force_arch_sample(model, mode, choices, gen), arch_step, arch_loss)
+        steps[row] = (lambda mode=mode: force_arch_sample(model, mode, choices, gen), arch_step_, arch_loss)
 
     saved = {}
     for row, (prepare, _, fwd) in steps.items():

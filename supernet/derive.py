@@ -97,6 +97,8 @@ def _most_likely_in_band(log_probs: list[np.ndarray], layer_ms: list[np.ndarray]
         picks = np.concatenate([np.repeat(picks, len(ms), 0), np.tile(np.arange(len(ms)), len(picks))[:, None]], 1)
         keep = (lat + min_rest[layer + 1] <= budget + 1e-12) & (lat + max_rest[layer + 1] >= floor - 1e-12)
         lat, lp, picks = lat[keep], lp[keep], picks[keep]
+        if not len(lat):
+            return None
         order = np.lexsort((-lp, np.floor(lat / width)))  # by bucket, most likely first
         lat, lp, picks = lat[order], lp[order], picks[order]
         bucket = np.floor(lat / width)

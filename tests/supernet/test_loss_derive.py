@@ -104,3 +104,42 @@ def test_argmax_when_feasible_and_errors():
         warnings.simplefilter("always")
         derive(lp, lut, 0.5, 100.0)
     assert any("above the space's maximum" in str(x.message) for x in w)
+
+
+def _brute_band(log_probs, lut, fixed, lo, hi):
+    best, arg = -np.inf, None
+    for combo in itertools.product(*[range(len(r)) for r in lut]):
+        lat = fixed + sum(r[i] for r, i in zip(lut, combo))
+        lp = sum(r[i] for r, i in zip(log_probs, combo))
+        if lo <= lat <= hi and lp > best:
+            best, arg = lp, list(combo)
+    return best, arg
+
+
+def test_band_derivation_uses_the_budget_and_is_near_optimal():
+    rng = np.random.default_rng(2)
+    checked = 0
+    for _ in range(40):
+        n_layers, n_cands = rng.integers(3, 6), rng.integers(2, 5)
+        lut = [np.r_[0.0, np.sort(rng.uniform(0.5, 5.0, n_cands))] for _ in range(n_layers)]  # identity first
+        lp = [np.log(rng.dirichlet(np.r_[8.0, np.ones(n_cands)])) for _ in range(n_layers)]  # identity favoured
+        fixed = 1.0
+        lo_s, hi_s = latency_range_ms(lut, fixed)
+        target = rng.uniform(lo_s + 0.3 * (hi_s - lo_s), hi_s)
+        best, arg = _brute_band(lp, lut, fixed, 0.9 * target, target)
+        picks = derive(lp, lut, fixed, target, min_ms=0.9 * target)
+        lat = fixed + sum(r[i] for r, i in zip(lut, picks))
+        if arg is None:
+            continue
+        checked += 1
+        assert 0.9 * target - 1e-9 <= lat <= target + 1e-9
+        assert sum(r[i] for r, i in zip(lp, picks)) == pytest.approx(best, abs=1e-6)
+    assert checked > 20
+
+
+def test_band_derivation_falls_back_with_a_warning_when_the_band_is_empty():
+    lut = [[0.0, 5.0], [0.0, 5.0]]
+    lp = [np.log([0.9, 0.1])] * 2
+    with pytest.warns(UserWarning, match="no architecture lies in"):
+        picks = derive(lp, lut, 1.0, 4.0, min_ms=3.8)  # only 1 ms and 6+ ms exist
+    assert picks == [0, 0]

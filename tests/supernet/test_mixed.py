@@ -142,3 +142,14 @@ def test_export_is_argmax():
             m.alpha[k] = 1.0
     arch = net.export()
     assert arch.choices == tuple(m.names[k] for m, k in zip(net.mixed_ops(), itertools.cycle([0, 6, 3])))
+
+
+def test_uniform_weight_sampling_ignores_alpha():
+    m = _layer()
+    with torch.no_grad():
+        m.alpha.copy_(torch.tensor([5.0, -5.0, -5.0, -5.0], dtype=torch.float64))
+    g = torch.Generator().manual_seed(0)
+    counts = [m.resample("weight", "two", g, sampling="uniform").active for _ in range(400)]
+    assert all(60 < counts.count(i) < 140 for i in range(4))
+    with pytest.raises(ValueError, match="valid: proxyless, uniform"):
+        m.resample("weight", "two", g, sampling="fair")
