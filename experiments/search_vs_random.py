@@ -20,7 +20,7 @@ variant. ``--jobs 2`` runs two 1-thread processes side by side.
 
 Flags: ``--grid vpu:30ms,cpu:30ms,gpu:1ms`` ``--k 5`` ``--seeds 0,1`` ``--variant NAME``
 ``--search "OVERRIDES"`` (e.g. "derive.method=argmax loss=mul_log") ``--recipe "OVERRIDES"``
-(default "train.epochs=3 dataset.limit=null") ``--dataset fashion_mnist`` ``--jobs 2``
+(default "train.epochs=2 dataset.limit=30000") ``--dataset fashion_mnist`` ``--jobs 2``
 ``--root experiments/runs`` ``--out experiments/results`` ``--report-only`` (tables from what
 has finished, nothing run).
 """
@@ -28,6 +28,8 @@ has finished, nothing run).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -52,7 +54,9 @@ from search_spaces.spaces import space_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BAND_LO = 0.9  # random draws in [0.9 T, T]
-DEFAULT_RECIPE = "train.epochs=3 dataset.limit=null"
+# 2 epochs on 30k images (468 steps): what a 2-core machine affords for ~30 retrains in one session
+# (3 epochs on all 60k took 20 min per retrain there under load); pass --recipe for more.
+DEFAULT_RECIPE = "train.epochs=2 dataset.limit=30000"
 BENCH_EVAL = ["eval.onnx=false", "eval.host_latency=false", "eval.every_epoch=false", "results_csv=null",
               "threads=1"]
 INPUT = {"fashion_mnist": ((1, 28, 28), 10), "digits": ((1, 8, 8), 10)}
@@ -102,6 +106,15 @@ def _run(cmd: list[str], log_path: Path) -> None:
         raise RuntimeError(f"{shlex.join(cmd[:4])} ... failed with exit {r.returncode}; see {log_path}")
 
 
+@contextlib.contextmanager
+def _locked(run_dir: Path):
+    """One process at a time per run folder (two benchmark commands may share random retrains)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".bench.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 # -- the three kinds of work ---------------------------------------------------------------
 def random_archs(point: Point, k: int, dataset: str, out_dir: Path) -> list[Path]:
     """K architecture files drawn in the band; deterministic in (space, device, band, dataset)."""
@@ -133,10 +146,16 @@ def search_run(point: Point, seed: int, variant_dir: Path, overrides: list[str],
     if not (run_dir / "arch.json").exists():
         if not run:
             return None
-        _run([sys.executable, "-m", "nas.search", f"device={point.device}", f"latency={point.target}",
-              f"seed={seed}", f"dataset={dataset}", "threads=1", *overrides, f"hydra.run.dir={run_dir}"],
-             run_dir / "bench.log")
+        with _locked(run_dir):
+            if not (run_dir / "arch.json").exists():
+                _search(point, seed, run_dir, overrides, dataset)
     return run_dir / "arch.json"
+
+
+def _search(point: Point, seed: int, run_dir: Path, overrides: list[str], dataset: str) -> None:
+    _run([sys.executable, "-m", "nas.search", f"device={point.device}", f"latency={point.target}",
+              f"seed={seed}", f"dataset={dataset}", "threads=1", "results_csv=null", *overrides,
+              f"hydra.run.dir={run_dir}"], run_dir / "bench.log")
 
 
 def retrain_run(arch_path: Path, seed: int, recipe: list[str], dataset: str, root: Path,
@@ -148,8 +167,10 @@ def retrain_run(arch_path: Path, seed: int, recipe: list[str], dataset: str, roo
     if not results.exists():
         if not run:
             return None
-        _run([sys.executable, "-m", "nas.retrain", f"arch={arch_path}", f"seed={seed}", f"dataset={dataset}",
-              *BENCH_EVAL, *recipe, f"hydra.run.dir={run_dir}"], run_dir / "bench.log")
+        with _locked(run_dir):
+            if not results.exists():
+                _run([sys.executable, "-m", "nas.retrain", f"arch={arch_path}", f"seed={seed}", f"dataset={dataset}",
+                      *BENCH_EVAL, *recipe, f"hydra.run.dir={run_dir}"], run_dir / "bench.log")
     return json.loads(results.read_text())
 
 
