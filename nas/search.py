@@ -241,11 +241,7 @@ def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info:
         set_lr(st.w_opt, cosine_lr(cfg.train.lr, st.step, total_steps))
         model.resample("weight", cfg.mode, st.path_gen, cfg.train.sampling)
         loss, logits = weight_step(model, st.w_opt, x, y, forward, cfg.train.label_smoothing, cfg.train.grad_clip)
-        if not math.isfinite(loss.item()):
-            raise TrainingDiverged(
-                f"supernet loss is {loss.item()} at epoch {epoch + 1}, global step {st.step + 1} "
-                f"(train.lr={cfg.train.lr}); the last good checkpoint (after epoch {st.epoch}) is kept in "
-                f"{run_dir / CHECKPOINT} and nothing is exported. Lower train.lr or use a new run folder")
+        _check_finite(loss, "supernet loss", cfg, epoch, st, run_dir)
         st.step += 1
         stats["loss"].append(loss.item())
         stats["acc"].append((logits.argmax(1) == y).float().mean().item())
@@ -257,6 +253,7 @@ def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info:
             model.resample("arch", cfg.mode, st.path_gen)
             a_loss, ce = arch_step(model, st.a_opt, st.loss_fn, xv, yv, st.lut(setup), setup.table.fixed_ms,
                                    all_reduce_mean_ if dist_info.enabled else None)
+            _check_finite(a_loss, "architecture loss", cfg, epoch, st, run_dir)
             st.loss_fn.update(export_ms(model, st.lut(setup), setup.table.fixed_ms))
             st.arch_steps += 1
             stats["arch_loss"].append(a_loss.item())
@@ -265,6 +262,14 @@ def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info:
             bar.set_postfix(loss=f"{np.mean(stats['loss'][-10:]):.3f}",
                             lat=f"{model.expected_latency_ms(st.lut(setup), setup.table.fixed_ms).item():.1f}ms")
     return stats
+
+
+def _check_finite(loss: torch.Tensor, what: str, cfg: DictConfig, epoch: int, st: State, run_dir: Path) -> None:
+    if not math.isfinite(loss.item()):
+        raise TrainingDiverged(
+            f"{what} is {loss.item()} at epoch {epoch + 1}, global step {st.step} (train.lr={cfg.train.lr}, "
+            f"arch.lr={cfg.arch.lr}); the last good checkpoint (after epoch {st.epoch}) is kept in "
+            f"{run_dir / CHECKPOINT} and nothing is exported. Lower the learning rate or use a new run folder")
 
 
 def end_epoch(cfg: DictConfig, setup: Setup, st: State, stats: dict, run_dir: Path, writer, dist_info: DistInfo,

@@ -8,15 +8,19 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
 from nas.search import search
+from nas.trainer import TrainingDiverged
 from search_spaces.arch import Arch
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
-FAST = ["dataset=digits", "train.epochs=2", "train.batch_size=64", "threads=1", "log_devices=[cpu,vpu,gpu]"]
+FAST = ["dataset=digits", "train.epochs=2", "train.batch_size=64", "threads=1", "log_devices=[cpu,vpu,gpu]",
+        "results_csv=null"]
+ONE = ["train.warmup_epochs=0", "train.epochs=1", "log_devices=[vpu]"]
 
 
 def _cfg(*overrides):
@@ -82,9 +86,48 @@ def test_killed_run_resumes_to_the_same_architecture(tmp_path):
 
 
 def test_resume_with_other_config_is_refused(tmp_path):
-    search(_cfg("device=vpu", "latency=12ms", "train.epochs=0"), tmp_path)
+    search(_cfg("device=vpu", "latency=12ms", "train.epochs=0", "derive.without_search=true"), tmp_path)
     with pytest.raises(Exception, match="different config"):
-        search(_cfg("device=vpu", "latency=13ms", "train.epochs=0"), tmp_path)
+        search(_cfg("device=vpu", "latency=13ms", "train.epochs=0", "derive.without_search=true"), tmp_path)
+
+
+def test_no_export_without_an_architecture_step(tmp_path):
+    with pytest.raises(ValueError, match="no architecture step"):
+        search(_cfg("device=vpu", "latency=30ms", "train.epochs=0"), tmp_path)
+    assert not (tmp_path / "arch.json").exists()
+
+
+@pytest.mark.parametrize("method", ["select", "budgeted"])
+def test_export_uses_the_budget_and_adds_a_results_row(tmp_path, method):
+    csv = tmp_path / "search_results.csv"
+    meta = search(_cfg(*ONE, "device=vpu", "latency=30ms", f"derive.method={method}", "derive.candidates=4",
+                       "derive.eval_images=128", f"results_csv={csv}"), tmp_path / "run")
+    assert 0.9 <= meta["budget_used"] <= 1.0 and meta["meets_target"]
+    assert 27.0 <= meta["latency_ms"]["vpu"]["ms"] <= 30.0
+    if method == "select":
+        assert len(meta["candidates"]) >= 2 and meta["derivation"].startswith("select")
+        best = max(c["val_top1"] for c in meta["candidates"])
+        assert any(c["choices"] == list(Arch.load(tmp_path / "run" / "arch.json").choices)
+                   and c["val_top1"] == best for c in meta["candidates"])
+    rows = pd.read_csv(csv)
+    assert len(rows) == 1 and rows.device[0] == "vpu" and rows.target_ms[0] == 30.0
+    assert {"vpu_ms", "budget_used", "derivation", "val_top1_supernet", "deploy_params", "deploy_macs", "seed",
+            "wall_s", "run_dir"} <= set(rows.columns)
+
+
+def test_a_finished_search_is_not_rewritten_and_threads_may_change(tmp_path):
+    search(_cfg(*ONE, "device=vpu", "latency=20ms"), tmp_path)
+    before = (tmp_path / "arch.json").stat().st_mtime_ns
+    again = search(_cfg(*ONE, "device=vpu", "latency=20ms", "threads=2"), tmp_path)
+    assert (tmp_path / "arch.json").stat().st_mtime_ns == before
+    assert again["search"]["target_ms"] == 20.0
+
+
+def test_diverging_search_stops_without_export(tmp_path):
+    with pytest.raises(TrainingDiverged, match="nothing is exported"):
+        search(_cfg(*ONE, "device=vpu", "latency=30ms", "train.lr=1e6", "train.grad_clip=1e9",
+                    "train.optimizer=sgd"), tmp_path)
+    assert not (tmp_path / "arch.json").exists()
 
 
 @pytest.mark.slow
