@@ -39,6 +39,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,9 @@ def _key(*parts: str) -> str:
 
 
 def space_cfg(name: str = "quadra") -> dict:
-    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "search_space" / f"{name}.yaml"))
+    """The search space's config as the search composes it (the packaged ``conf``)."""
+    text = (resources.files("conf") / "search_space" / f"{name}.yaml").read_text()
+    return OmegaConf.to_container(OmegaConf.create(text))
 
 
 def _run(cmd: list[str], log_path: Path) -> None:

@@ -1,0 +1,49 @@
+"""The search-vs-random benchmark and the ranking diagnostic, end to end on digits (tiny)."""
+
+import pandas as pd
+import pytest
+
+from experiments import ranking, search_vs_random
+
+SEARCH = ("train.warmup_epochs=0 train.epochs=1 train.batch_size=32 log_devices=[vpu] dataset.limit=400 "
+          "derive.method=select derive.candidates=2 derive.eval_images=64")
+RECIPE = "train.epochs=1 train.batch_size=32 dataset.limit=256"
+
+
+@pytest.mark.slow
+def test_benchmark_and_ranking_run_resume_and_share_retrains(tmp_path):
+    common = ["--dataset", "digits", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+              "--recipe", RECIPE, "--jobs", "2"]
+    args = [*common, "--grid", "vpu:30ms", "--k", "3", "--seeds", "0", "--variant", "tiny", "--search", SEARCH]
+    assert search_vs_random.main(args) == 0
+    rows = pd.read_csv(tmp_path / "out" / "search_vs_random_digits.csv")
+    assert sorted(rows.kind) == ["random", "random", "random", "searched"]
+    assert ((rows.latency_ms >= 27.0) & (rows.latency_ms <= 30.0)).all()  # every draw and the export in the band
+    summary = pd.read_csv(tmp_path / "out" / "search_vs_random_digits_summary.csv")
+    assert len(summary) == 1 and 1 <= summary["rank"][0] <= 4 and summary.n_random[0] == 3
+    assert (tmp_path / "out" / "search_vs_random_digits.png").stat().st_size > 0
+    assert "| vpu | 30 | tiny |" in (tmp_path / "out" / "search_vs_random_digits.md").read_text()
+
+    retrains = sorted((tmp_path / "runs" / "retrain").glob("*/*/results.json"))
+    assert len(retrains) == 4
+    stamps = [p.stat().st_mtime_ns for p in retrains]
+    assert search_vs_random.main(args) == 0  # resumes: everything is done, nothing reruns
+    assert [p.stat().st_mtime_ns for p in retrains] == stamps
+    with pytest.raises(SystemExit, match="pick another --variant"):
+        search_vs_random.main([*common, "--grid", "vpu:30ms", "--variant", "tiny", "--search", "seed=3"])
+
+    # the ranking diagnostic reuses the same draws, retrains and supernet
+    assert ranking.main([*common, "--device", "vpu", "--bands", "30ms", "--k", "3", "--variant", "tiny",
+                         "--search", SEARCH]) == 0
+    assert len(sorted((tmp_path / "runs" / "retrain").glob("*/*/results.json"))) == 4
+    table = pd.read_csv(tmp_path / "out" / "ranking_digits_tiny.csv")
+    assert len(table) == 3 and table.supernet_top1.between(0, 1).all() and table.retrained_top1.between(0, 1).all()
+    assert "Kendall tau" in (tmp_path / "out" / "ranking_digits_tiny.md").read_text()
+
+
+def test_grid_parsing_errors():
+    assert [p.tag for p in search_vs_random.parse_grid("vpu:30ms,gpu:1ms")] == ["vpu-30ms", "gpu-1ms"]
+    with pytest.raises(ValueError, match="DEVICE:TARGET"):
+        search_vs_random.parse_grid("vpu30ms")
+    with pytest.raises(ValueError):
+        search_vs_random.parse_grid("vpu:30")
