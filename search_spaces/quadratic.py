@@ -1,8 +1,9 @@
 """Quadratic layers (QuadraLib / QuadraNet).
 
 * :class:`QuadDWConv2d` -- quadratic depthwise convolution
-  ``y = DWa(x) * DWb(x) + DWc(x)`` as three separate depthwise convs with bias
-  (the official code's choice: one grouped conv with 3C outputs is slower on CPU).
+  ``y = DWa(x) * DWb(x) + DWc(x)`` with bias, as three separate depthwise convs or as one grouped
+  conv with 3C outputs; the default ``impl="auto"`` takes the grouped conv only where it measured
+  faster (CPU inference on small inputs).
   ``memory_saving=True`` uses :class:`QuadDWFunction`, which saves only the input and
   the weights and recomputes the two projections in backward (QuadraLib's "hybrid
   back-propagation"; QuadraNet paper Eq. 8).
@@ -20,32 +21,87 @@ from torch import nn
 NEURON_TYPES = ("lowrank", "t2", "t3", "t4")
 
 
+IMPLS = ("auto", "separate", "grouped")
+DEFAULT_IMPL = "auto"
+# auto picks the grouped conv only where it measured faster (experiments/results/quad_conv_speed*.md): CPU
+# inference of small maps, where the per-call overhead of three convs dominates
+AUTO_GROUPED_MAX_NUMEL = 6272  # N*C*H*W of the input, e.g. 1x32x14x14 or 1x128x7x7
+AUTO_GROUPED_MAX_KERNEL = 5
+
+
+def _tracing() -> bool:
+    """Export, compilation, scripting or a torch-function-mode tracer (the latency cost model) is running:
+    the graph must stay the deployed one (three depthwise convs)."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled())
+
+
+def auto_grouped(x: torch.Tensor, kernel_size: int, needs_grad: bool) -> bool:
+    """Whether ``impl="auto"`` runs the grouped conv for input ``x``: eager CPU inference (``needs_grad``
+    false: no gradient will flow through this call), a small input (``x.numel() <= AUTO_GROUPED_MAX_NUMEL``)
+    and ``kernel_size <= AUTO_GROUPED_MAX_KERNEL``."""
+    if needs_grad or _tracing():  # tracing first: a traced x.numel() would be a tensor
+        return False
+    return x.device.type == "cpu" and x.numel() <= AUTO_GROUPED_MAX_NUMEL and kernel_size <= AUTO_GROUPED_MAX_KERNEL
+
+
+def _grouped_params(wa, ba, wb, bb, wc, bc):
+    """The three depthwise convs as one conv with groups=C and 3C outputs: output channel 3i+j is
+    branch j (a, b, c) of channel i, so the weight is the three weights interleaved per channel."""
+    c, _, kh, kw = wa.shape
+    return torch.stack((wa, wb, wc), 1).reshape(3 * c, 1, kh, kw), torch.stack((ba, bb, bc), 1).reshape(3 * c)
+
+
+def _grouped_branches(x, w3, b3, stride: int, padding: int):
+    """``(a, b, c)`` from one grouped conv (strided views of its interleaved output)."""
+    y = F.conv2d(x, w3, b3, stride, padding, groups=x.shape[1])
+    y = y.view(y.shape[0], x.shape[1], 3, *y.shape[2:])
+    return y[:, :, 0], y[:, :, 1], y[:, :, 2]
+
+
 class QuadDWFunction(torch.autograd.Function):
     """``dw(x, wa, ba) * dw(x, wb, bb) + dw(x, wc, bc)`` saving only x and the weights.
 
     Backward recomputes ``a = DWa(x)`` and ``b = DWb(x)``: the gradient reaching DWa is
     ``g * b`` and the one reaching DWb is ``g * a``; DWc receives ``g`` directly.
+    ``grouped=True`` runs the three convs as one grouped conv, in forward and in backward.
     """
 
     @staticmethod
-    def forward(ctx, x, wa, ba, wb, bb, wc, bc, stride: int, padding: int):
+    def forward(ctx, x, wa, ba, wb, bb, wc, bc, stride: int, padding: int, grouped: bool = False):
         groups = x.shape[1]
-        a = F.conv2d(x, wa, ba, stride, padding, groups=groups)
-        b = F.conv2d(x, wb, bb, stride, padding, groups=groups)
-        y = torch.addcmul(F.conv2d(x, wc, bc, stride, padding, groups=groups), a, b)
-        ctx.save_for_backward(x, wa, ba, wb, bb, wc)
-        ctx.conf = (stride, padding)
+        if grouped:
+            a, b, c = _grouped_branches(x, *_grouped_params(wa, ba, wb, bb, wc, bc), stride, padding)
+        else:
+            a = F.conv2d(x, wa, ba, stride, padding, groups=groups)
+            b = F.conv2d(x, wb, bb, stride, padding, groups=groups)
+            c = F.conv2d(x, wc, bc, stride, padding, groups=groups)
+        y = torch.addcmul(c, a, b)
+        ctx.save_for_backward(x, wa, ba, wb, bb, wc, bc)
+        ctx.conf = (stride, padding, grouped)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, wa, ba, wb, bb, wc = ctx.saved_tensors
-        stride, padding = ctx.conf
+        x, wa, ba, wb, bb, wc, bc = ctx.saved_tensors
+        stride, padding, grouped = ctx.conf
         groups = x.shape[1]
+        need_x = ctx.needs_input_grad[0]
+        if grouped:
+            w3, b3 = _grouped_params(wa, ba, wb, bb, wc, bc)
+            with torch.no_grad():
+                a, b, _ = _grouped_branches(x, w3, b3, stride, padding)
+            g3 = torch.stack((grad_y * b, grad_y * a, grad_y), 2).flatten(1, 2)
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                g3, x, w3, [w3.shape[0]], [stride, stride], [padding, padding], [1, 1],
+                False, [0, 0], groups, [need_x, True, True],
+            )
+            gw, gb = gw.view(groups, 3, *gw.shape[1:]), gb.view(groups, 3)
+            grads = [t for j in range(3) for t in (gw[:, j], gb[:, j])]
+            return (gx if need_x else None, *grads, None, None, None)
         with torch.no_grad():
             a = F.conv2d(x, wa, ba, stride, padding, groups=groups)
             b = F.conv2d(x, wb, bb, stride, padding, groups=groups)
-        need_x = ctx.needs_input_grad[0]
         grads_x, grads = [], []
         for w, g in ((wa, grad_y * b), (wb, grad_y * a), (wc, grad_y)):
             gx, gw, gb = torch.ops.aten.convolution_backward(
@@ -55,29 +111,75 @@ class QuadDWFunction(torch.autograd.Function):
             grads_x.append(gx)
             grads += [gw, gb]
         grad_x = grads_x[0] + grads_x[1] + grads_x[2] if need_x else None
-        return (grad_x, *grads, None, None)
+        return (grad_x, *grads, None, None, None)
 
 
 class QuadDWConv2d(nn.Module):
-    """Quadratic depthwise convolution ``DWa(x) * DWb(x) + DWc(x)`` (any odd kernel)."""
+    """Quadratic depthwise convolution ``DWa(x) * DWb(x) + DWc(x)`` (any odd kernel).
 
-    def __init__(self, channels: int, kernel_size: int = 7, stride: int = 1, memory_saving: bool = False):
+    ``impl`` chooses how the three depthwise convs run; outputs (equal within float rounding), gradients and
+    the state_dict (``dwa``/``dwb``/``dwc``) are the same either way, so checkpoints load into all of them, and
+    ``impl`` may be changed on a built module:
+
+    * ``"separate"``: three depthwise convs (channel multiplier 1), as in the official code.
+    * ``"grouped"``: one conv with ``groups=C`` and 3C outputs whose interleaved output is split into the
+      three branches; its weight is assembled from the three per call.
+    * ``"auto"`` (default): grouped only where it measured faster, see :func:`auto_grouped`; else separate.
+
+    Measured (``python -m experiments.quad_conv_speed``, ``experiments/results/quad_conv_speed*.md``; 2-core AMD
+    EPYC VM shared with other jobs, torch 2.13 CPU, NCHW, interleaved medians; ratio = grouped / separate time,
+    1 thread, rows not dominated by other load):
+
+    * QuadraNet36-T shapes (C=64/128/256/512 at 56/28/14/7), k 3/5/7: forward at batch 1 2.2-7.9x, forward at
+      batch 32 1.8-7.1x (median 3.4x), forward + backward at batch 32 1.0-4.4x (median 1.45x). Grouped was
+      faster in none of the 36 one-thread configurations (by medians of the 26 uncontended ones and by fastest
+      repeats of all 36), presumably because the fast depthwise kernels handle channel multiplier 1 only. This
+      confirms the official code's "4-15x slower" for inference at these shapes; training loses less.
+    * The 28x28 training maps (C=16..256 at 14..2): forward at batch 1 0.49-1.28x (median 0.82x; faster in 9 of
+      15, i.e. per-call overhead dominates), with k <= 5 and <= 6272 input elements 0.61-0.92x except C=256 at
+      2x2 (1.02x, 1.07x); forward + backward at batch 128 0.61-5.9x (median 1.39x; faster in 1 of 15).
+
+    Hence ``auto``: grouped for CPU inference with k <= 5 on inputs of at most 6272 elements, separate otherwise
+    (all training). 2 threads gave no trustworthy numbers on that loaded 2-core machine (most 2-thread rows
+    were dominated by other jobs; see the results files). Unmeasured on CUDA, where ``auto`` keeps the
+    separate convs.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 7, stride: int = 1, memory_saving: bool = False,
+                 impl: str | None = None):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        impl = impl or DEFAULT_IMPL
+        if impl not in IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
         pad = kernel_size // 2
         self.dwa, self.dwb, self.dwc = (
             nn.Conv2d(channels, channels, kernel_size, stride, pad, groups=channels) for _ in range(3)
         )
-        self.stride, self.padding, self.memory_saving = stride, pad, memory_saving
+        self.stride, self.padding, self.memory_saving, self.impl = stride, pad, memory_saving, impl
+
+    def _weights(self) -> tuple[torch.Tensor, ...]:
+        return (self.dwa.weight, self.dwa.bias, self.dwb.weight, self.dwb.bias, self.dwc.weight, self.dwc.bias)
+
+    def uses_grouped(self, x: torch.Tensor) -> bool:
+        """Whether a forward on ``x`` now runs the grouped conv."""
+        if self.impl != "auto":
+            return self.impl == "grouped"
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return auto_grouped(x, self.dwa.kernel_size[0], needs_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grouped = self.uses_grouped(x)
         if self.memory_saving and torch.is_grad_enabled():
-            return QuadDWFunction.apply(
-                x, self.dwa.weight, self.dwa.bias, self.dwb.weight, self.dwb.bias,
-                self.dwc.weight, self.dwc.bias, self.stride, self.padding,
-            )
+            return QuadDWFunction.apply(x, *self._weights(), self.stride, self.padding, grouped)
+        if grouped:
+            a, b, c = _grouped_branches(x, *_grouped_params(*self._weights()), self.stride, self.padding)
+            return torch.addcmul(c, a, b)
         return self.dwa(x) * self.dwb(x) + self.dwc(x)
+
+    def extra_repr(self) -> str:
+        return f"impl={self.impl!r}, memory_saving={self.memory_saving}"
 
 
 class QuadLinear(nn.Module):

@@ -84,3 +84,81 @@ def test_quadratize_preserves_outputs_and_trains():
     model(x).square().mean().backward()
     q = model[2]
     assert q.dwa.weight.grad.abs().sum() > 0  # the quadratic term learns from step 0
+
+
+def _pair(c, k, stride, memory_saving=False, dtype=torch.float32):
+    torch.manual_seed(0)
+    sep = QuadDWConv2d(c, k, stride, memory_saving=memory_saving, impl="separate").to(dtype)
+    for p in sep.parameters():  # nonzero biases so every branch's bias matters
+        nn.init.normal_(p, std=0.2)
+    grp = QuadDWConv2d(c, k, stride, memory_saving=memory_saving, impl="grouped").to(dtype)
+    grp.load_state_dict(sep.state_dict())  # same parameter names and shapes
+    return sep, grp
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("memory_saving", [False, True])
+@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2), (7, 1)])
+def test_grouped_impl_matches_separate_outputs_and_gradients(k, stride, memory_saving, dtype, tol):
+    """Equal within ``tol`` relative to each tensor's largest entry (float32 sums in another order)."""
+    def close(a, b, msg=""):
+        torch.testing.assert_close(a, b, rtol=0, atol=tol * b.abs().max().item(), msg=msg)
+
+    sep, grp = _pair(6, k, stride, memory_saving, dtype)
+    x1 = torch.randn(3, 6, 11, 11, dtype=dtype, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    y1, y2 = sep(x1), grp(x2)
+    close(y2, y1)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    close(x2.grad, x1.grad)
+    for (n, p1), p2 in zip(sep.named_parameters(), grp.parameters()):
+        assert p2.grad is not None, n
+        close(p2.grad, p1.grad, msg=n)
+
+
+def test_grouped_memory_saving_gradcheck_and_saves_only_the_input():
+    _, grp = _pair(3, 5, 1, memory_saving=True, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: grp(x), (torch.randn(1, 3, 6, 6, dtype=torch.float64,
+                                                                  requires_grad=True),))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    assert saved_activation_bytes(lambda: grp(x), grp) == x.numel() * 8
+
+
+def test_impl_state_dicts_interchange_and_default():
+    sep, grp = _pair(4, 3, 1)
+    assert sep.state_dict().keys() == grp.state_dict().keys()
+    assert QuadDWConv2d(4, 3).impl == "auto"
+    grp.impl = "separate"  # switchable on a built model: the parameters are the same
+    x = torch.randn(1, 4, 5, 5)
+    torch.testing.assert_close(grp(x), sep(x))
+    with pytest.raises(ValueError, match="impl"):
+        QuadDWConv2d(4, 3, impl="fused")
+
+
+def test_auto_takes_grouped_only_for_small_inputs_at_inference():
+    small, big = torch.randn(1, 32, 14, 14), torch.randn(1, 64, 14, 14)  # 6272 and 12544 elements
+    k3, k7 = QuadDWConv2d(32, 3), QuadDWConv2d(32, 7)
+    with torch.no_grad():
+        assert k3.uses_grouped(small) and not k7.uses_grouped(small)
+        assert not QuadDWConv2d(64, 3).uses_grouped(big)
+    assert not k3.uses_grouped(small)  # the weights need gradients: training keeps the separate convs
+    k3.requires_grad_(False)
+    assert k3.uses_grouped(small) and not k3.uses_grouped(small.clone().requires_grad_())
+    with torch.no_grad():
+        torch.testing.assert_close(k3(small), k3.dwa(small) * k3.dwb(small) + k3.dwc(small), atol=1e-6, rtol=1e-5)
+
+
+def test_auto_keeps_the_deployed_graph_under_tracing():
+    conv = QuadDWConv2d(8, 3)
+    x = torch.randn(1, 8, 6, 6)
+
+    class Mode(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad():
+        assert conv.uses_grouped(x)
+        with Mode():
+            assert not conv.uses_grouped(x)
