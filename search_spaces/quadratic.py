@@ -27,6 +27,7 @@ DEFAULT_IMPL = "auto"
 # inference of small maps, where the per-call overhead of three convs dominates
 AUTO_GROUPED_MAX_NUMEL = 6272  # N*C*H*W of the input, e.g. 1x32x14x14 or 1x128x7x7
 AUTO_GROUPED_MAX_KERNEL = 5
+AUTO_GROUPED_MAX_CHANNELS = 128  # 1x256x2x2 was slower grouped in both measured runs (1.02-1.24x)
 
 
 def _tracing() -> bool:
@@ -38,11 +39,12 @@ def _tracing() -> bool:
 
 def auto_grouped(x: torch.Tensor, kernel_size: int, needs_grad: bool) -> bool:
     """Whether ``impl="auto"`` runs the grouped conv for input ``x``: eager CPU inference (``needs_grad``
-    false: no gradient will flow through this call), a small input (``x.numel() <= AUTO_GROUPED_MAX_NUMEL``)
-    and ``kernel_size <= AUTO_GROUPED_MAX_KERNEL``."""
+    false: no gradient will flow through this call), a small input (``x.numel() <= AUTO_GROUPED_MAX_NUMEL``,
+    at most ``AUTO_GROUPED_MAX_CHANNELS`` channels) and ``kernel_size <= AUTO_GROUPED_MAX_KERNEL``."""
     if needs_grad or _tracing():  # tracing first: a traced x.numel() would be a tensor
         return False
-    return x.device.type == "cpu" and x.numel() <= AUTO_GROUPED_MAX_NUMEL and kernel_size <= AUTO_GROUPED_MAX_KERNEL
+    return (x.device.type == "cpu" and x.numel() <= AUTO_GROUPED_MAX_NUMEL and x.shape[1] <= AUTO_GROUPED_MAX_CHANNELS
+            and kernel_size <= AUTO_GROUPED_MAX_KERNEL)
 
 
 def _grouped_params(wa, ba, wb, bb, wc, bc):
@@ -127,22 +129,25 @@ class QuadDWConv2d(nn.Module):
     * ``"auto"`` (default): grouped only where it measured faster, see :func:`auto_grouped`; else separate.
 
     Measured (``python -m experiments.quad_conv_speed``, ``experiments/results/quad_conv_speed*.md``; 2-core AMD
-    EPYC VM shared with other jobs, torch 2.13 CPU, NCHW, interleaved medians; ratio = grouped / separate time,
-    1 thread, rows not dominated by other load):
+    EPYC VM shared with other jobs at load 6-8, torch 2.13 CPU, NCHW, interleaved medians; ratio = grouped /
+    separate time, 1 thread, rows not dominated by other load; two runs: the committed tables first, the
+    earlier run's in git history, commit 01c7ef0):
 
-    * QuadraNet36-T shapes (C=64/128/256/512 at 56/28/14/7), k 3/5/7: forward at batch 1 2.2-7.9x, forward at
-      batch 32 1.8-7.1x (median 3.4x), forward + backward at batch 32 1.0-4.4x (median 1.45x). Grouped was
-      faster in none of the 36 one-thread configurations (by medians of the 26 uncontended ones and by fastest
-      repeats of all 36), presumably because the fast depthwise kernels handle channel multiplier 1 only. This
-      confirms the official code's "4-15x slower" for inference at these shapes; training loses less.
-    * The 28x28 training maps (C=16..256 at 14..2): forward at batch 1 0.49-1.28x (median 0.82x; faster in 9 of
-      15, i.e. per-call overhead dominates), with k <= 5 and <= 6272 input elements 0.61-0.92x except C=256 at
-      2x2 (1.02x, 1.07x); forward + backward at batch 128 0.61-5.9x (median 1.39x; faster in 1 of 15).
+    * QuadraNet36-T shapes (C=64/128/256/512 at 56/28/14/7), k 3/5/7: forward at batch 1 1.8-7.4x (earlier
+      run 2.2-7.9x), forward at batch 32 1.4-7.4x (median 3.9x; earlier 1.8-7.1x), forward + backward at
+      batch 32 0.89-4.5x (median 1.37x; earlier 1.0-4.4x). By fastest repeats grouped was slower in all 36
+      one-thread configurations of both runs (1.14-8.6x; earlier 1.03-12.2x), presumably because the fast
+      depthwise kernels handle channel multiplier 1 only. The official code's "4-15x slower" holds in
+      direction; by medians inference was 1.4-7.9x slower here, training 0.9-4.5x.
+    * The 28x28 training maps (C=16..256 at 14..2): forward at batch 1 0.63-1.41x (median 0.95x; earlier
+      0.49-1.28x, median 0.82x), where per-call overhead dominates; with k <= 5, <= 6272 input elements and
+      C <= 128: 0.63-0.99x (earlier 0.61-0.92x), grouped faster in all 8 such configurations of both runs.
+      Forward + backward at batch 128: 0.66-8.7x (median 1.37x; earlier median 1.39x).
 
-    Hence ``auto``: grouped for CPU inference with k <= 5 on inputs of at most 6272 elements, separate otherwise
-    (all training). 2 threads gave no trustworthy numbers on that loaded 2-core machine (most 2-thread rows
-    were dominated by other jobs; see the results files). Unmeasured on CUDA, where ``auto`` keeps the
-    separate convs.
+    Hence ``auto``: grouped for CPU inference with k <= 5, C <= 128 and at most 6272 input elements,
+    separate otherwise (all training). 2 threads gave no trustworthy numbers on that loaded 2-core machine
+    (most 2-thread rows were dominated by other jobs; see the results files). Unmeasured on CUDA, where
+    ``auto`` keeps the separate convs.
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, stride: int = 1, memory_saving: bool = False,

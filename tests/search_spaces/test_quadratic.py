@@ -143,6 +143,7 @@ def test_auto_takes_grouped_only_for_small_inputs_at_inference():
     with torch.no_grad():
         assert k3.uses_grouped(small) and not k7.uses_grouped(small)
         assert not QuadDWConv2d(64, 3).uses_grouped(big)
+        assert not QuadDWConv2d(256, 3).uses_grouped(torch.randn(1, 256, 2, 2))  # many channels: slower grouped
     assert not k3.uses_grouped(small)  # the weights need gradients: training keeps the separate convs
     k3.requires_grad_(False)
     assert k3.uses_grouped(small) and not k3.uses_grouped(small.clone().requires_grad_())
