@@ -173,9 +173,11 @@ def prepare(cfg: DictConfig, dist_info: DistInfo) -> Setup:
     d = cfg.dataset
     train_set, info = get_dataset(d.name, "train", d.root, d.image_size, d.limit)
     train_part, val_part = train_val_split(train_set, cfg.train.val_fraction, cfg.seed)
-    if len(train_part) < cfg.train.batch_size:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the training split "
-                         f"({len(train_part)} images): not one weight step would run")
+    for name, part in (("training", train_part), ("held-out", val_part)):
+        if len(part) < cfg.train.batch_size:
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the {name} split "
+                             f"({len(part)} images; train.val_fraction={cfg.train.val_fraction}): not one "
+                             f"{'weight' if name == 'training' else 'architecture'} step could run")
     train_space = space.with_input(info.input_shape, info.num_classes, cfg.search_space.train_stem_stride)
     return Setup(target_ms, profile.name, space, train_space, tables, train_part, val_part)
 
