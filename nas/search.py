@@ -321,7 +321,8 @@ def derive_choices(cfg: DictConfig, setup: Setup, st: State) -> tuple[list[str],
         return likely, how, []
     try:
         drawn = sample_in_band(names, table.layer_ms(), table.fixed_ms, lo, t, int(cfg.derive.candidates),
-                               seed=cfg.seed, layer_probs=[m.probs().tolist() for m in model.mixed_ops()])
+                               seed=cfg.seed, layer_probs=[m.probs().tolist() for m in model.mixed_ops()],
+                               max_draws=2_000_000, at_least=1)
     except EmptyBand as e:
         log.warning("select derivation: %s; exporting the most likely architecture in the band", e)
         drawn = []

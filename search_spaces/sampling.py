@@ -40,11 +40,12 @@ class EmptyBand(ValueError):
 def sample_in_band(candidates: Sequence[Sequence[str]], layer_ms: Sequence[Sequence[float]], fixed_ms: float,
                    lo_ms: float, hi_ms: float, n: int, seed: int = 0, batch: int = 200_000,
                    max_draws: int = 20_000_000, layer_probs: Sequence[Sequence[float]] | None = None,
-                   mix: float = 0.5) -> list[tuple[str, ...]]:
+                   mix: float = 0.5, at_least: int | None = None) -> list[tuple[str, ...]]:
     """``n`` distinct architectures (choice names per layer) whose latency lies in ``[lo_ms, hi_ms]``.
 
     Deterministic in ``seed``. Raises :class:`EmptyBand` naming the space's range when the band
-    is empty or too rare to fill within ``max_draws`` draws.
+    is empty or too rare to fill within ``max_draws`` draws; with ``at_least``, fewer than ``n``
+    (but at least that many) are returned instead, for bands with few members.
     """
     if not 0 <= lo_ms <= hi_ms:
         raise ValueError(f"latency band [{lo_ms}, {hi_ms}] ms is not a band; need 0 <= lo <= hi")
@@ -86,7 +87,7 @@ def sample_in_band(candidates: Sequence[Sequence[str]], layer_ms: Sequence[Seque
             if len(found) == n:
                 break
         drawn += batch
-    if len(found) < n:
+    if len(found) < (n if at_least is None else at_least):
         raise EmptyBand(f"only {len(found)} of {n} architectures found in [{lo_ms:.3f}, {hi_ms:.3f}] ms after "
                         f"{drawn} draws (space range {lo_space:.3f}-{hi_space:.3f} ms); widen the band")
     return [tuple(candidates[layer][i] for layer, i in enumerate(row)) for row in found]

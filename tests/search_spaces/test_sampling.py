@@ -61,3 +61,12 @@ def test_empty_band_is_a_clear_error():
         sample_in_band(space.all_candidates(), lut, 2.0, 2.0001, 2.0002, 3, max_draws=100_000)
     with pytest.raises(ValueError, match="not a band"):
         sample_in_band(space.all_candidates(), lut, 2.0, 30.0, 20.0, 3)
+
+
+def test_a_band_with_few_members_gives_what_it_has_when_asked():
+    cands = [("a", "identity"), ("a", "identity")]
+    lut = [[5.0, 0.0], [6.0, 0.0]]  # in [5.5, 7.5] ms: exactly one block, in either layer
+    got = sample_in_band(cands, lut, 1.0, 5.5, 7.5, 5, at_least=1, max_draws=50_000)
+    assert sorted(got) == [("a", "identity"), ("identity", "a")]
+    with pytest.raises(EmptyBand):
+        sample_in_band(cands, lut, 1.0, 5.5, 7.5, 5, max_draws=50_000)
