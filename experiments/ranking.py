@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+    p.add_argument("--report-only", action="store_true", help="tau over the finished retrains; run nothing")
     a = p.parse_args(argv)
     set_threads(1)
     recipe = shlex.split(a.recipe)
@@ -89,10 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     items = [(band, path) for band in bands
              for path in random_archs(band, a.k, a.dataset, a.root / "random" / a.dataset / band.tag)]
     variant_dir = a.root / "search" / a.dataset / a.variant
+    run = not a.report_only
     with ThreadPoolExecutor(a.jobs) as pool:
-        supernet = pool.submit(search_run, point, 0, variant_dir, shlex.split(a.search), a.dataset)
-        retrained = list(pool.map(lambda it: retrain_run(it[1], 0, recipe, a.dataset, a.root), items))
+        supernet = pool.submit(search_run, point, 0, variant_dir, shlex.split(a.search), a.dataset, run)
+        retrained = list(pool.map(lambda it: retrain_run(it[1], 0, recipe, a.dataset, a.root, run), items))
         arch_path = supernet.result()
+    if arch_path is None:
+        print(f"error: no finished search in {variant_dir / point.tag / 'seed0'}", file=sys.stderr)
+        return 1
+    done = [(it, r) for it, r in zip(items, retrained) if r is not None]
+    items, retrained = [it for it, _ in done], [r for _, r in done]
     archs = [Arch.load(path) for _, path in items]
     scores = supernet_scores(arch_path.parent, archs)
     rows = pd.DataFrame([{"band_top_ms": band.target_ms, "latency_ms": arch.metadata["random_draw"]["ms"],
@@ -104,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     lat_tau = tau(rows.latency_ms, rows.retrained_top1)
     md = [f"# Supernet ranking vs retrained ranking ({a.variant})\n",
           f"Supernet: `{arch_path.parent}` (search overrides: `{a.search or 'defaults'}`). Retrain recipe: "
-          f"`{a.recipe}`. {len(rows)} architectures, {a.k} per band [0.9T, T] on the {a.device} table.\n",
+          f"`{a.recipe}`. {len(rows)} architectures (of {a.k} per band [0.9T, T] on the {a.device} table, "
+          f"bands {a.bands}; only finished retrains count).\n",
           f"- Kendall tau, supernet vs retrained top-1, all architectures: **{overall:.3f}**",
           f"- Kendall tau, latency vs retrained top-1 (what latency alone predicts): {lat_tau:.3f}",
           "- within each band: " + ", ".join(f"T={t:g} ms: {v:.2f}" for t, v in per_band.items()), "",
