@@ -324,11 +324,10 @@ def report(rows: pd.DataFrame, out: Path, recipe: list[str], dataset: str) -> No
     out.mkdir(parents=True, exist_ok=True)
     csv = out / f"search_vs_random_{dataset}.csv"
     if csv.exists():
-        old = pd.read_csv(csv)
-        rows = pd.concat([old, rows]).drop_duplicates(["kind", "variant", "device", "target_ms", "seed", "choices"],
-                                                       keep="last")
+        rows = pd.concat([pd.read_csv(csv, keep_default_na=False), rows])
+    rows["variant"] = rows["variant"].fillna("").astype(str)
+    rows = rows.drop_duplicates(["kind", "variant", "device", "target_ms", "seed", "choices"], keep="last")
     rows = rows.sort_values(["device", "target_ms", "kind", "variant", "seed"], ignore_index=True)
-    rows["variant"] = rows["variant"].fillna("")
     summary = summarize(rows)
     note = ("Latencies are table sums from each device's predictor (see `predictor`: calibrated stand-ins, "
             "not nn-Meter, on these machines).")
