@@ -47,3 +47,14 @@ def test_grid_parsing_errors():
         search_vs_random.parse_grid("vpu30ms")
     with pytest.raises(ValueError):
         search_vs_random.parse_grid("vpu:30")
+
+
+@pytest.mark.slow
+def test_budget_grid_reports_exports_in_the_band(tmp_path):
+    from experiments import budget_grid
+    code = budget_grid.main(["--grid", "vpu:30ms,gpu:1ms", "--root", str(tmp_path / "runs"), "--out",
+                             str(tmp_path / "out"), "--search", budget_grid.SHORT + " derive.candidates=4"])
+    table = pd.read_csv(tmp_path / "out" / "budget_grid.csv")
+    assert code == 0 and len(table) == 2 and table.in_band.all()
+    assert ((table.used >= 0.9) & (table.used <= 1.0)).all()
+    assert "2/2 exports within" in (tmp_path / "out" / "budget_grid.md").read_text()
