@@ -127,10 +127,13 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
     if dist_info.is_main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=st.step if st.step else None)
+    # depthwise-conv weight grads come back in another memory layout than DDP's buckets: harmless
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    forward = DistributedDataParallel(st.model, find_unused_parameters=True) if dist_info.enabled else st.model
     total_epochs = cfg.train.warmup_epochs + cfg.train.epochs
     wall_before = st.wall_s
     for epoch in range(st.epoch, total_epochs):
-        stats = train_epoch(cfg, setup, st, epoch, dist_info, run_dir)
+        stats = train_epoch(cfg, setup, st, epoch, dist_info, run_dir, forward)
         st.epoch = epoch + 1
         st.wall_s = wall_before + time.perf_counter() - t_start
         end_epoch(cfg, setup, st, stats, run_dir, writer, dist_info, config)
@@ -222,21 +225,20 @@ def resume(st: State, path: Path, config: dict, dist_info: DistInfo) -> None:
         log.info("resumed from %s after epoch %d (epochs are counted from 1)", path, st.epoch)
 
 
-def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info: DistInfo, run_dir: Path) -> dict:
-    """Weight steps on the training split; after every ``arch.every``-th one, an arch step."""
+def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info: DistInfo, run_dir: Path,
+                forward: torch.nn.Module) -> dict:
+    """Weight steps on the training split (through ``forward``: the model or its DDP wrapper); after every
+    ``arch.every``-th one, an arch step."""
     joint = epoch >= cfg.train.warmup_epochs
     arch_on = joint and not (cfg.arch.skip_first_joint_epoch and epoch == cfg.train.warmup_epochs)
     train_loader, val_loader = (epoch_loader(part, cfg.train.batch_size, cfg.seed, epoch, dist_info, stream)
                                 for stream, part in enumerate((setup.train_part, setup.val_part)))
-    total_steps = (cfg.train.warmup_epochs + cfg.train.epochs) * len(train_loader)
-    # depthwise-conv weight grads come back in another memory layout than DDP's buckets: harmless
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    total_epochs = cfg.train.warmup_epochs + cfg.train.epochs
+    total_steps = total_epochs * len(train_loader)
     model = st.model
-    forward = DistributedDataParallel(model, find_unused_parameters=True) if dist_info.enabled else model
     val_iter = iter(val_loader)
     model.train()
     stats = {"loss": [], "acc": [], "arch_loss": [], "arch_ce": [], "joint": joint}
-    total_epochs = cfg.train.warmup_epochs + cfg.train.epochs
     bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs} {'search' if joint else 'warm-up'}",
                disable=not dist_info.is_main, leave=False)
     for x, y in bar:
