@@ -281,15 +281,21 @@ class Net(nn.Module):
         return parts
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for transition, stage in zip(self.transitions, self.stages):
-            x = transition(x)
-            for layer in stage:
-                x = layer(x)
-        return x
+        return forward_stages(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
+
+
+def forward_stages(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Stem, then each stage's transition and layers: the pyramid of :class:`Net` and the fixed
+    baseline models (``net.stem``, ``net.transitions``, ``net.stages``)."""
+    x = net.stem(x)
+    for transition, stage in zip(net.transitions, net.stages):
+        x = transition(x)
+        for layer in stage:
+            x = layer(x)
+    return x
 
 
 def input_shapes(net: Net, batch: int = 1) -> dict[nn.Module, tuple[int, ...]]:

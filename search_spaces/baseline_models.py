@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from search_spaces.arch import forward_stages
 from search_spaces.baseline_blocks import ConvNeXtV1Block, HorBlock, SwinBlock
 from search_spaces.blocks import LN_EPS, LayerNorm2d, init_weights
 
@@ -44,12 +45,7 @@ class PyramidNet(nn.Module):
         return [layer for stage in self.stages for layer in stage]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for transition, stage in zip(self.transitions, self.stages):
-            x = transition(x)
-            for layer in stage:
-                x = layer(x)
-        return x
+        return forward_stages(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
