@@ -19,7 +19,8 @@ architecture, seed) only, so random draws and their retrains are shared by every
 variant. ``--jobs 2`` runs two 1-thread processes side by side.
 
 Flags: ``--grid vpu:30ms,cpu:30ms,gpu:1ms`` ``--k 5`` ``--seeds 0,1`` ``--variant NAME``
-``--search "OVERRIDES"`` (e.g. "derive.method=argmax loss=mul_log") ``--recipe "OVERRIDES"``
+``--search "OVERRIDES"`` (e.g. "derive.method=argmax loss=mul_log") ``--supernet-from VARIANT``
+(derive that variant's trained supernets again, e.g. with other ``derive.*``) ``--recipe "OVERRIDES"``
 (default "train.epochs=2 dataset.limit=30000") ``--dataset fashion_mnist`` ``--jobs 2``
 ``--root experiments/runs`` ``--out experiments/results`` ``--report-only`` (tables from what
 has finished, nothing run).
@@ -143,14 +144,23 @@ def random_archs(point: Point, k: int, dataset: str, out_dir: Path) -> list[Path
 
 
 def search_run(point: Point, seed: int, variant_dir: Path, overrides: list[str], dataset: str,
-               run: bool = True) -> Path | None:
-    """The search's arch.json (searching first unless it exists); None if absent and ``run`` is false."""
+               run: bool = True, supernet_from: Path | None = None) -> Path | None:
+    """The search's arch.json (searching first unless it exists); None if absent and ``run`` is false.
+
+    ``supernet_from``: another variant's folder whose finished supernet is derived again here
+    (its checkpoint is linked in; ``nas.search`` refuses unless only ``derive.*`` differs).
+    """
     run_dir = variant_dir / point.tag / f"seed{seed}"
     if not (run_dir / "arch.json").exists():
         if not run:
             return None
         with _locked(run_dir):
             if not (run_dir / "arch.json").exists():
+                if supernet_from is not None and not (run_dir / "checkpoint.pt").exists():
+                    base = supernet_from / point.tag / f"seed{seed}"
+                    if not (base / "arch.json").exists():
+                        raise FileNotFoundError(f"{base} holds no finished search to derive again")
+                    os.link(base / "checkpoint.pt", run_dir / "checkpoint.pt")
                 _search(point, seed, run_dir, overrides, dataset)
     return run_dir / "arch.json"
 
@@ -260,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="processes side by side (1 thread each)")
     p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+    p.add_argument("--supernet-from", default=None, metavar="VARIANT",
+                   help="derive this variant from VARIANT's finished supernets (--search may change only derive.*)")
     p.add_argument("--no-search", action="store_true", help="only the random draws and their retrains")
     p.add_argument("--report-only", action="store_true", help="tables from finished runs; run nothing")
     a = p.parse_args(argv)
@@ -272,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: variant {a.variant!r} was run with overrides "
                          f"{json.loads(spec.read_text())['overrides']}; pick another --variant name")
     atomic_write_text(spec, json.dumps({"overrides": overrides}) + "\n")
+    base_dir = a.root / "search" / a.dataset / a.supernet_from if a.supernet_from else None
 
     rows, failures = [], []
 
@@ -282,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         return res and _row("random", "", point, 0, res, Arch.load(path))
 
     def searched_task(point: Point, seed: int) -> dict | None:
-        arch_path = search_run(point, seed, variant_dir, overrides, a.dataset, run)
+        arch_path = search_run(point, seed, variant_dir, overrides, a.dataset, run, base_dir)
         res = arch_path and retrain_run(arch_path, seed, recipe, a.dataset, a.root, run)
         return res and _row("searched", a.variant, point, seed, res, Arch.load(arch_path))
 

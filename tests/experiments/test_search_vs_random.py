@@ -32,10 +32,21 @@ def test_benchmark_and_ranking_run_resume_and_share_retrains(tmp_path):
     with pytest.raises(SystemExit, match="pick another --variant"):
         search_vs_random.main([*common, "--grid", "vpu:30ms", "--variant", "tiny", "--search", "seed=3"])
 
+    # a derivation variant derives the finished supernet again: no new training, its export retrained
+    rederive = [*common, "--grid", "vpu:30ms", "--k", "3", "--seeds", "0", "--variant", "tiny_budgeted",
+                "--supernet-from", "tiny", "--search", SEARCH.replace("derive.method=select", "derive.method=budgeted")]
+    assert search_vs_random.main(rederive) == 0
+    base, again = (tmp_path / "runs" / "search" / "digits" / v / "vpu-30ms" / "seed0" for v in ("tiny", "tiny_budgeted"))
+    assert (again / "checkpoint.pt").stat().st_ino == (base / "checkpoint.pt").stat().st_ino  # linked, not retrained
+    assert "most likely" in (again / "search.log").read_text()
+    rows = pd.read_csv(tmp_path / "out" / "search_vs_random_digits.csv")
+    assert set(rows.variant.dropna()) >= {"tiny", "tiny_budgeted"}
+    n_retrains = len(sorted((tmp_path / "runs" / "retrain").glob("*/*/results.json")))
+
     # the ranking diagnostic reuses the same draws, retrains and supernet
     assert ranking.main([*common, "--device", "vpu", "--bands", "30ms", "--k", "3", "--variant", "tiny",
                          "--search", SEARCH]) == 0
-    assert len(sorted((tmp_path / "runs" / "retrain").glob("*/*/results.json"))) == 4
+    assert len(sorted((tmp_path / "runs" / "retrain").glob("*/*/results.json"))) == n_retrains
     table = pd.read_csv(tmp_path / "out" / "ranking_digits_tiny.csv")
     assert len(table) == 3 and table.supernet_top1.between(0, 1).all() and table.retrained_top1.between(0, 1).all()
     assert "Kendall tau" in (tmp_path / "out" / "ranking_digits_tiny.md").read_text()

@@ -105,10 +105,15 @@ def test_export_uses_the_budget_and_adds_a_results_row(tmp_path, method):
     assert 0.9 <= meta["budget_used"] <= 1.0 and meta["meets_target"]
     assert 27.0 <= meta["latency_ms"]["vpu"]["ms"] <= 30.0
     if method == "select":
-        assert len(meta["candidates"]) >= 2 and meta["derivation"].startswith("select")
-        best = max(c["val_top1"] for c in meta["candidates"])
+        cands = meta["candidates"]
+        assert len(cands) >= 3 and meta["derivation"].startswith("select")
+        # finalists (default 8) were scored again on the whole held-out split; the export is their best
+        finalists = [c for c in cands if c.get("finalist", True)]
+        assert 2 <= len(finalists) <= 8 and all(c["images"] > 128 for c in finalists)
+        assert all(c["images"] == 128 for c in cands if not c.get("finalist", True))
+        best = max(c["val_top1"] for c in finalists)
         assert any(c["choices"] == list(Arch.load(tmp_path / "run" / "arch.json").choices)
-                   and c["val_top1"] == best for c in meta["candidates"])
+                   and c["val_top1"] == best for c in finalists)
     rows = pd.read_csv(csv)
     assert len(rows) == 1 and rows.device[0] == "vpu" and rows.target_ms[0] == 30.0
     assert {"vpu_ms", "budget_used", "derivation", "val_top1_supernet", "deploy_params", "deploy_macs", "seed",
@@ -121,6 +126,17 @@ def test_a_finished_search_is_not_rewritten_and_threads_may_change(tmp_path):
     again = search(_cfg(*ONE, "device=vpu", "latency=20ms", "threads=2"), tmp_path)
     assert (tmp_path / "arch.json").stat().st_mtime_ns == before
     assert again["search"]["target_ms"] == 20.0
+
+
+def test_a_trained_supernet_can_be_derived_again_another_way(tmp_path):
+    first = search(_cfg(*ONE, "device=vpu", "latency=30ms", "derive.method=select", "derive.candidates=4",
+                        "derive.eval_images=128"), tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    os.link(tmp_path / "a" / "checkpoint.pt", tmp_path / "b" / "checkpoint.pt")
+    again = search(_cfg(*ONE, "device=vpu", "latency=30ms", "derive.method=budgeted"), tmp_path / "b")
+    assert again["derivation"].startswith("most likely") and not again["candidates"]
+    assert again["search"]["arch_steps"] == first["search"]["arch_steps"]  # no training step was added
+    assert again["probabilities"] == first["probabilities"]
 
 
 def test_diverging_search_stops_without_export(tmp_path):
