@@ -174,8 +174,11 @@ def _search(point: Point, seed: int, run_dir: Path, overrides: list[str], datase
 def retrain_run(arch_path: Path, seed: int, recipe: list[str], dataset: str, root: Path,
                 run: bool = True) -> dict | None:
     """results.json of the retrain (training first unless it exists); None if absent and ``run`` is false."""
-    choices = Arch.load(arch_path).choices
-    run_dir = root / "retrain" / _key(dataset, *sorted(recipe)) / f"{_key(*choices)}-s{seed}"
+    arch = Arch.load(arch_path)
+    space = arch.metadata.get("config", {}).get("search_space", {}).get("name", "quadra")
+    # quadra folders predate other spaces and are keyed by the choices alone; other spaces add their name
+    arch_key = _key(*arch.choices) if space == "quadra" else _key(space, *arch.choices)
+    run_dir = root / "retrain" / _key(dataset, *sorted(recipe)) / f"{arch_key}-s{seed}"
     results = run_dir / "results.json"
     if not results.exists():
         if not run:
