@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-DATASETS = ("fashion_mnist", "digits", "cifar10", "imagefolder")
+from nas.config import DATASETS
+
 SPLITS = ("train", "test")
 SEED = 0  # fixed seed of the digits split and of ``limit``
 

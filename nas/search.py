@@ -45,6 +45,7 @@ from latency.lut import LatencyTable, deployment_space, get_table
 from latency.profiles import load_profile, profile_from_dict
 from latency.units import parse_latency_ms
 from nas.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nas.config import check_config
 from nas.data import get_dataset, make_loader, train_val_split
 from nas.loops import (
     DistInfo,
@@ -70,7 +71,6 @@ from supernet.supernet import Supernet
 
 log = logging.getLogger("nas.search")
 CHECKPOINT = "checkpoint.pt"
-DERIVATIONS = ("select", "budgeted", "argmax")
 
 
 @dataclass
@@ -114,7 +114,7 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
     """Run (or resume) one search; returns the summary also written into ``arch.json``."""
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
-    check_config(cfg)
+    check_config(cfg, "search")
     dist_info = init_distributed()
     set_threads(cfg.threads)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -148,18 +148,6 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 # -- the parts ------------------------------------------------------------------------------
-def check_config(cfg: DictConfig) -> None:
-    """Reject values that would waste a run, before any table or data is loaded."""
-    if cfg.derive.method not in DERIVATIONS:
-        raise ValueError(f"unknown derive.method {cfg.derive.method!r}; valid: {', '.join(DERIVATIONS)}")
-    if not 0.0 <= float(cfg.derive.min_fraction) <= 1.0:
-        raise ValueError(f"derive.min_fraction={cfg.derive.min_fraction}: must lie in [0, 1]")
-    if int(cfg.derive.candidates) < 1 or int(cfg.derive.eval_images) < 1:
-        raise ValueError("derive.candidates and derive.eval_images must be >= 1")
-    if int(cfg.derive.finalists) < 0:
-        raise ValueError(f"derive.finalists={cfg.derive.finalists}: must be >= 0 (0: no second round)")
-
-
 def prepare(cfg: DictConfig, dist_info: DistInfo) -> Setup:
     target_ms = parse_latency_ms(cfg.latency)
     profile = profile_from_dict(OmegaConf.to_container(cfg.device, resolve=True))

@@ -45,6 +45,7 @@ from nas.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from nas.config import check_config
 from nas.data import DataInfo, DatasetNotFoundError, get_dataset, make_loader
 from nas.loops import (
     cosine_lr,
@@ -319,6 +320,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     Returns the results (also in ``results.json``), or ``{"stopped_after_epoch": e}`` when
     ``train.stop_after`` ended this invocation early.
     """
+    check_config(cfg, "retrain")
     run_dir = Path(run_dir)
     dist_info = init_distributed()
     set_threads(cfg.threads)
@@ -596,6 +598,7 @@ def summary_text(r: dict) -> str:
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     """Re-evaluate a trainer checkpoint (``cfg.checkpoint``); rewrites ``results.json`` next to it."""
+    check_config(cfg, "evaluate")
     set_threads(cfg.threads)
     path = Path(cfg.checkpoint) if cfg.checkpoint is not None else None
     if path is None:

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from nas.config import ConfigError
 from nas.search import search
 from nas.trainer import TrainingDiverged
 from search_spaces.arch import Arch
@@ -92,8 +93,11 @@ def test_resume_with_other_config_is_refused(tmp_path):
 
 
 def test_no_export_without_an_architecture_step(tmp_path):
-    with pytest.raises(ValueError, match="no architecture step"):
+    with pytest.raises(ConfigError, match="train.epochs=0 is invalid for a search"):  # before any work
         search(_cfg("device=vpu", "latency=30ms", "train.epochs=0"), tmp_path)
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="no architecture step"):  # one epoch, fewer weight steps than arch.every
+        search(_cfg(*ONE, "device=vpu", "latency=30ms", "arch.every=100000"), tmp_path)
     assert not (tmp_path / "arch.json").exists()
 
 

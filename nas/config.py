@@ -1,0 +1,606 @@
+"""Schemas of every entry point's config, checked before any work: types, allowed values, ranges.
+
+Design. The YAML files in ``conf/`` stay the only place where defaults live, and Hydra composes
+them exactly as before. The dataclasses below describe what each value may be (a type, an enum
+of names, a range in the field's metadata) and carry no defaults (``MISSING``), except keys an
+older config may lack. :func:`check_config` walks a composed config against the schema of its
+entry point (``search``, ``retrain``, ``train``, ``evaluate``) and raises :class:`ConfigError`,
+one line that names the key and its valid values, on the first bad value; then a few rules that
+span keys (a search needs a search epoch, exactly one of ``arch``/``model``, a writable
+``results_csv``). Group options whose keys differ (``loss``, ``search_space``, ``dataset``)
+pick their schema by their ``kind``/``name`` (:data:`VARIANTS`).
+
+The config the code runs with is never rewritten: a value is accepted only if it already has its
+schema's type (``yes`` is not a boolean, ``"3"`` not an integer), so enums reach the code as
+plain strings and the configs saved in checkpoints compare equal to those of older runs.
+(Putting the schemas into the defaults lists would type-check at composition, but Hydra reports
+those errors on several lines, and enum members would be pickled into checkpoints.)
+
+When. Hydra creates the run folder before it calls the task function, so each entry config lists
+:class:`CheckConfig` under ``hydra.callbacks``: its ``on_run_start`` runs right after composition
+and exits with code 2 and ``error: <one line>`` before any folder, table or dataset exists. The
+entry functions call :func:`check_config` again, for callers that compose configs themselves
+(tests, experiments) and for multirun jobs, where the message goes through ``run_cli``.
+
+The schemas are registered in Hydra's ConfigStore under root names (``search_schema``,
+``dataset_schema``, ``loss_constraint_schema``, ...; :func:`register`), so they can be looked up
+and composed like any config, e.g. ``compose("search_schema")`` lists every key with its type.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING as NO_DEFAULT
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from search_spaces.quadranet import MODELS
+from search_spaces.spaces import SPACES
+from supernet.loss import KINDS as LOSS_KINDS
+from supernet.mixed import MODES, SAMPLINGS
+
+DATASETS = ("fashion_mnist", "digits", "cifar10", "imagefolder")  # what nas.data can load
+DATASETS_WITH_ROOT = ("cifar10", "imagefolder")  # no default location: dataset.root is required
+WEIGHT_OPTIMIZERS = ("adamw", "sgd")
+ARCH_OPTIMIZERS = ("adam", "sgd")
+DERIVE_METHODS = ("select", "budgeted", "argmax")
+INIT_WORDS = ("scratch", "supernet")  # retrain's init=, besides a checkpoint path
+ENTRIES = ("search", "retrain", "train", "evaluate")
+SKIPPED_KEYS = ("hydra",)  # Hydra's own node, present in the config a callback sees
+USAGE_EXIT = 2  # exit code of a usage error (as nas.trainer.run_cli)
+DEPLOY_SHAPE_RANK = 4  # device input_shape: N, C, H, W
+IMAGE_SHAPE_RANK = 3  # search-space input_shape: C, H, W
+DEFAULT_FINALISTS = 8  # derive.finalists when a config predates the key
+
+
+class ConfigError(ValueError):
+    """A config value that would waste or break a run; the message is one line."""
+
+
+def _enum(name: str, values: Sequence[str]) -> type[Enum]:
+    return Enum(name, {v: v for v in values})
+
+
+Mode = _enum("Mode", MODES)
+Sampling = _enum("Sampling", SAMPLINGS)
+LossKind = _enum("LossKind", LOSS_KINDS)
+DatasetName = _enum("DatasetName", DATASETS)
+SpaceName = _enum("SpaceName", tuple(SPACES))
+ModelName = _enum("ModelName", tuple(MODELS))
+WeightOptimizer = _enum("WeightOptimizer", WEIGHT_OPTIMIZERS)
+ArchOptimizer = _enum("ArchOptimizer", ARCH_OPTIMIZERS)
+DeriveMethod = _enum("DeriveMethod", DERIVE_METHODS)
+
+
+# -- ranges and field helpers -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Range:
+    """A closed or open interval; ``None`` is unbounded."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        above = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
+        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+AT_LEAST_0 = Range(0)
+AT_LEAST_1 = Range(1)
+POSITIVE = Range(0, lo_open=True)
+UNIT = Range(0, 1)  # [0, 1]
+UNIT_OPEN = Range(0, 1, lo_open=True, hi_open=True)  # (0, 1)
+UNIT_RIGHT_OPEN = Range(0, 1, hi_open=True)  # [0, 1)
+
+
+def opt(rng: Range | None = None, *, default: Any = MISSING, length: int | None = None,
+        choices: Callable[[], Sequence[str]] | None = None, describe: str | None = None) -> Any:
+    """A schema field: ``rng`` bounds numbers (each element of a list), ``length`` fixes a list's
+    length, ``choices`` lists the valid strings at check time, ``describe`` replaces the generic text."""
+    meta = {"range": rng, "length": length, "choices": choices, "describe": describe}
+    return field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
+
+
+def section(schema: type) -> Any:
+    """A nested block of keys (``train:``, ``eval:``, ...) that every config of the entry point has."""
+    return field(default_factory=schema)
+
+
+def device_names() -> list[str]:
+    """Device profiles (``conf/device/*.yaml``)."""
+    from latency.profiles import profile_names
+    return profile_names()
+
+
+# -- groups -------------------------------------------------------------------------------------
+@dataclass
+class DeviceConfig:
+    """``conf/device/*.yaml``: a device profile."""
+
+    name: str = opt()
+    description: str = opt()
+    input_shape: list[int] = opt(AT_LEAST_1, length=DEPLOY_SHAPE_RANK)
+    batch_size: int = opt(AT_LEAST_1)
+    backends: list[str] = opt()
+
+
+@dataclass
+class SearchSpaceConfig:
+    """``conf/search_space/quadra.yaml`` (and the keys every space shares)."""
+
+    name: SpaceName = opt()
+    widths: list[int] = opt(AT_LEAST_1)
+    depths: list[int] = opt(AT_LEAST_1)
+    kernels: list[int] = opt(AT_LEAST_1)
+    expansions: list[int] = opt(AT_LEAST_1)
+    input_shape: list[int] = opt(AT_LEAST_1, length=IMAGE_SHAPE_RANK)
+    num_classes: int = opt(AT_LEAST_1)
+    stem_stride: int = opt(AT_LEAST_1)
+    train_stem_stride: int | None = opt(AT_LEAST_1)
+
+
+@dataclass
+class ProxylessSpaceConfig(SearchSpaceConfig):
+    """``conf/search_space/proxyless.yaml``: MBConv stages with their own strides."""
+
+    strides: list[int] = opt(AT_LEAST_1)
+    stem_width: int = opt(AT_LEAST_1)
+    first_width: int = opt(AT_LEAST_1)
+    head_width: int = opt(AT_LEAST_1)
+
+
+@dataclass
+class DatasetConfig:
+    """``conf/dataset/*.yaml``; ``root: null`` is the dataset's default location."""
+
+    name: DatasetName = opt()
+    root: str | None = opt(describe="a folder path or null")
+    image_size: int | None = opt(AT_LEAST_1)
+    limit: int | None = opt(AT_LEAST_1)
+    test_limit: int | None = opt(AT_LEAST_1)
+
+
+@dataclass
+class RootedDatasetConfig(DatasetConfig):
+    """A dataset without a default location (:data:`DATASETS_WITH_ROOT`)."""
+
+    root: str = opt(describe="the dataset's folder (dataset.root=PATH)")
+
+
+@dataclass
+class LossConfig:
+    """``conf/loss/*.yaml``: the latency term; ``kind: none`` takes no parameters."""
+
+    kind: LossKind = opt()
+
+
+@dataclass
+class ConstraintLossConfig(LossConfig):
+    weight_init: float = opt(AT_LEAST_0)
+    eta: float = opt(AT_LEAST_0)
+    weight_max: float = opt(AT_LEAST_0)
+
+
+@dataclass
+class MulLogLossConfig(LossConfig):
+    a: float = opt(POSITIVE)
+    b: float = opt(AT_LEAST_0)
+
+
+@dataclass
+class AddLinearLossConfig(LossConfig):
+    lam: float = opt(AT_LEAST_0)
+
+
+# group schemas chosen by a key's value: base schema -> (key, {value: schema})
+VARIANTS: dict[type, tuple[str, dict[str, type]]] = {
+    LossConfig: ("kind", {"constraint": ConstraintLossConfig, "mul_log": MulLogLossConfig,
+                          "add_linear": AddLinearLossConfig}),
+    SearchSpaceConfig: ("name", {"proxyless": ProxylessSpaceConfig}),
+    DatasetConfig: ("name", dict.fromkeys(DATASETS_WITH_ROOT, RootedDatasetConfig)),
+}
+
+
+# -- search -------------------------------------------------------------------------------------
+@dataclass
+class SearchTrainConfig:
+    """``train:`` of conf/search.yaml: the supernet's weights."""
+
+    batch_size: int = opt(AT_LEAST_1)
+    warmup_epochs: int = opt(AT_LEAST_0)
+    epochs: int = opt(AT_LEAST_0)
+    optimizer: WeightOptimizer = opt()
+    lr: float = opt(POSITIVE)
+    weight_decay: float = opt(AT_LEAST_0)
+    momentum: float = opt(UNIT_OPEN)
+    sampling: Sampling = opt()
+    label_smoothing: float = opt(UNIT)
+    grad_clip: float = opt(POSITIVE)
+    drop_path: float = opt(UNIT_RIGHT_OPEN)
+    layer_scale_init: float = opt(POSITIVE)
+    val_fraction: float = opt(UNIT_OPEN)
+
+
+@dataclass
+class ArchStepConfig:
+    """``arch:`` of conf/search.yaml: the architecture parameters' optimizer."""
+
+    optimizer: ArchOptimizer = opt()
+    lr: float = opt(POSITIVE)
+    every: int = opt(AT_LEAST_1)
+    skip_first_joint_epoch: bool = opt()
+
+
+@dataclass
+class DeriveConfig:
+    """``derive:`` of conf/search.yaml: how the exported architecture is picked."""
+
+    method: DeriveMethod = opt()
+    min_fraction: float = opt(UNIT)
+    candidates: int = opt(AT_LEAST_1)
+    eval_images: int = opt(AT_LEAST_1)
+    finalists: int = opt(AT_LEAST_0, default=DEFAULT_FINALISTS)
+    without_search: bool = opt()
+
+
+@dataclass
+class SearchConfig:
+    """conf/search.yaml (``python -m nas.search``)."""
+
+    device: DeviceConfig = opt()
+    search_space: SearchSpaceConfig = opt()
+    dataset: DatasetConfig = opt()
+    loss: LossConfig = opt()
+    latency: Any = opt(describe="a latency with a unit, e.g. 30ms, 0.03s, 300us")
+    seed: int = opt()
+    mode: Mode = opt()
+    log_devices: list[str] = opt(choices=device_names)
+    threads: int | None = opt(AT_LEAST_1)
+    results_csv: str | None = opt(describe="a CSV file path or null")
+    train: SearchTrainConfig = section(SearchTrainConfig)
+    arch: ArchStepConfig = section(ArchStepConfig)
+    derive: DeriveConfig = section(DeriveConfig)
+
+
+# -- retrain, train, evaluate -----------------------------------------------------------------------
+@dataclass
+class RetrainTrainConfig:
+    """``train:`` of conf/retrain.yaml."""
+
+    epochs: int = opt(AT_LEAST_0)
+    batch_size: int = opt(AT_LEAST_1)
+    lr: float = opt(POSITIVE)
+    weight_decay: float = opt(AT_LEAST_0)
+    warmup_epochs: float = opt(AT_LEAST_0)
+    grad_clip: float = opt(POSITIVE)
+    label_smoothing: float = opt(UNIT)
+    drop_path: float = opt(UNIT_RIGHT_OPEN)
+    ema_decay: float | None = opt(UNIT_OPEN)
+    stop_after: int | None = opt(AT_LEAST_0)
+
+
+@dataclass
+class EvalConfig:
+    """``eval:`` of conf/evaluate.yaml."""
+
+    batch_size: int = opt(AT_LEAST_1)
+    profiles: list[str] = opt(choices=device_names)
+    host_latency: bool = opt()
+    latency_warmup: int = opt(AT_LEAST_0)
+    latency_repeats: int = opt(AT_LEAST_1)
+    onnx: bool = opt()
+
+
+@dataclass
+class TrainEvalConfig(EvalConfig):
+    """``eval:`` of conf/retrain.yaml: also a test top-1 after every epoch."""
+
+    every_epoch: bool = opt()
+
+
+@dataclass
+class RetrainConfig:
+    """conf/retrain.yaml (``nas.retrain``) and conf/train.yaml (``nas.train``), which extends it."""
+
+    dataset: DatasetConfig = opt()
+    arch: str | None = opt(describe="PATH/arch.json or null")
+    model: ModelName | None = opt()
+    first_order: bool = opt()
+    init: str = opt(describe=f"{', '.join(INIT_WORDS)} or PATH/checkpoint.pt")
+    seed: int = opt()
+    threads: int | None = opt(AT_LEAST_1)
+    memory_saving: bool = opt()
+    results_csv: str | None = opt(describe="a CSV file path or null")
+    train: RetrainTrainConfig = section(RetrainTrainConfig)
+    eval: TrainEvalConfig = section(TrainEvalConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    """conf/evaluate.yaml (``nas.evaluate``); no ``dataset``: the checkpoint's."""
+
+    dataset: DatasetConfig | None = opt(default=None)
+    checkpoint: str | None = opt(describe="PATH/checkpoint.pt written by nas.train or nas.retrain")
+    threads: int | None = opt(AT_LEAST_1)
+    results_csv: str | None = opt(describe="a CSV file path or null")
+    eval: EvalConfig = section(EvalConfig)
+
+
+SCHEMAS: dict[str, type] = {"search": SearchConfig, "retrain": RetrainConfig, "train": RetrainConfig,
+                            "evaluate": EvaluateConfig}
+GROUP_SCHEMAS: dict[str, type] = {"device": DeviceConfig, "search_space": SearchSpaceConfig,
+                                  "dataset": DatasetConfig, "loss": LossConfig}
+
+
+def register(store: ConfigStore | None = None) -> None:
+    """Store every schema in Hydra's ConfigStore: ``<entry>_schema``, ``<group>_schema`` and, for groups
+    with variants, ``<group>_<option>_schema`` (root names, so they never show up as group options)."""
+    store = ConfigStore.instance() if store is None else store
+    for entry, schema in SCHEMAS.items():
+        store.store(name=f"{entry}_schema", node=schema)
+    for group, schema in GROUP_SCHEMAS.items():
+        store.store(name=f"{group}_schema", node=schema)
+        for option, variant in VARIANTS.get(schema, ("", {}))[1].items():
+            store.store(name=f"{group}_{option}_schema", node=variant)
+
+
+register()
+
+
+# -- the check ----------------------------------------------------------------------------------
+def check_config(cfg: DictConfig, entry: str) -> None:
+    """Raise :class:`ConfigError` (one line) on the first value of ``cfg`` that ``entry``'s schema rejects,
+    then on the rules that span keys. Touches no data and no table; reads ``results_csv`` if it exists."""
+    if entry not in SCHEMAS:
+        raise ValueError(f"unknown entry point {entry!r}; valid: {', '.join(ENTRIES)}")
+    _check_node(cfg, SCHEMAS[entry], "", "", skip=SKIPPED_KEYS)
+    if entry == "search":
+        _search_rules(cfg)
+    elif entry in ("retrain", "train"):
+        _retrain_rules(cfg)
+    else:
+        _evaluate_rules(cfg)
+    check_results_csv(cfg.results_csv)
+
+
+def _search_rules(cfg: DictConfig) -> None:
+    from latency.units import parse_latency_ms
+    try:
+        parse_latency_ms(cfg.latency)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.train.epochs < 1 and not cfg.derive.without_search:
+        raise ConfigError(f"train.epochs={cfg.train.epochs} is invalid for a search; valid: an integer >= 1 (search "
+                          "epochs after the warm-up), or derive.without_search=true to export without searching")
+
+
+def _retrain_rules(cfg: DictConfig) -> None:
+    if (cfg.arch is None) == (cfg.model is None):
+        raise ConfigError("pass exactly one of arch=PATH/arch.json or model=NAME "
+                          f"(registered models: {', '.join(MODELS)})")
+    if cfg.arch is not None and not Path(cfg.arch).is_file():
+        raise ConfigError(f"arch={cfg.arch} is invalid: no such file; valid: PATH/arch.json")
+    if cfg.init not in INIT_WORDS and not Path(cfg.init).is_file():
+        raise ConfigError(f"init={cfg.init} is invalid: no such file; valid: {', '.join(INIT_WORDS)} "
+                          "or PATH/checkpoint.pt")
+
+
+def _evaluate_rules(cfg: DictConfig) -> None:
+    if cfg.checkpoint is None:
+        raise ConfigError("checkpoint is required; valid: PATH/checkpoint.pt written by nas.train or nas.retrain")
+
+
+def check_results_csv(value: str | None) -> None:
+    """``results_csv`` must be a file we can append to later: not a folder, under a writable folder, and
+    (if it exists) a CSV table whose rows are no wider than its header."""
+    if not value:
+        return
+    path = Path(value)
+    valid = "valid: a CSV file path (created if absent) or null"
+    if path.is_dir():
+        raise ConfigError(f"results_csv={value} is a folder; {valid}")
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    if not folder.is_dir():
+        raise ConfigError(f"results_csv={value} is invalid: {folder} is not a folder; {valid}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"results_csv={value} is invalid: {folder} is not writable; {valid}")
+    if path.is_file() and path.stat().st_size:
+        problem = _csv_problem(path)
+        if problem:
+            raise ConfigError(f"results_csv={value} is not a CSV table ({problem}); valid: a results CSV written "
+                              "by QuadraNAS, a new file path or null")
+
+
+def _csv_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a CSV table with one header (as pandas would read it), or None."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = csv.reader(f, strict=True)
+            header = next(rows, [])
+            for row in rows:
+                if len(row) > len(header):
+                    return f"line {rows.line_num} has {len(row)} fields, the header {len(header)}"
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+# -- the walk -----------------------------------------------------------------------------------
+def _check_node(node: Any, schema: type, key: str, context: str, skip: Sequence[str] = ()) -> None:
+    """``node`` (a config mapping) against dataclass ``schema``; ``key`` is its dotted path with a trailing dot."""
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{key.rstrip('.')}={_show(node)} is invalid; valid: a group of options")
+    schema, context = _variant(node, schema, key, context)
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in fields(schema)]
+    for name in node:
+        if name not in names and name not in skip:
+            raise ConfigError(f"{key}{name} is not an option{context}; valid: {', '.join(names)}")
+    for f in fields(schema):
+        full = key + f.name
+        absent = f.name not in node.keys()  # a key an older config lacks: fine if the schema has a default
+        if OmegaConf.is_missing(node, f.name) if not absent else f.default in (NO_DEFAULT, MISSING):
+            raise ConfigError(f"{full} is required{context}; valid: "
+                              f"{_describe(_strip_optional(hints[f.name]), f.metadata)}")
+        if absent:
+            continue
+        _check_value(node[f.name], hints[f.name], f.metadata, full, context)
+
+
+def _variant(node: DictConfig, schema: type, key: str, context: str) -> tuple[type, str]:
+    """The schema of a group option whose keys depend on its ``kind``/``name`` value."""
+    if schema not in VARIANTS:
+        return schema, context
+    selector, options = VARIANTS[schema]
+    if selector not in node.keys() or OmegaConf.is_missing(node, selector):
+        raise ConfigError(f"{key}{selector} is required; valid: {_describe(typing.get_type_hints(schema)[selector])}")
+    value = node[selector]
+    _check_value(value, typing.get_type_hints(schema)[selector], {}, key + selector, context)
+    return options.get(value, schema), f" for {key}{selector}={value}"
+
+
+def _check_value(value: Any, tp: Any, meta: dict, key: str, context: str) -> None:
+    """One value against its annotation ``tp`` and field metadata ``meta``."""
+    if value is None:
+        if _is_optional(tp):
+            return
+        raise ConfigError(f"{key}=null is invalid{context}; valid: {_describe(tp, meta)}")
+    declared, tp = tp, _strip_optional(tp)
+    if is_dataclass(tp):
+        _check_node(value, tp, key + ".", context)
+        return
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, ListConfig) or meta.get("length") not in (None, len(value)):
+            raise ConfigError(f"{key}={_show(value)} is invalid{context}; valid: {_describe(declared, meta)}")
+        (item,) = typing.get_args(tp)
+        for i, v in enumerate(value):
+            _check_value(v, item, {**meta, "length": None}, f"{key}[{i}]", context)
+        return
+    if not _has_type(value, tp) or not _in_range(value, meta) or not _in_choices(value, meta):
+        raise ConfigError(f"{key}={_show(value)} is invalid{context}; valid: {_describe(declared, meta)}")
+
+
+def _has_type(value: Any, tp: Any) -> bool:
+    if tp is Any:
+        return True
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return isinstance(value, str) and value in tp.__members__
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, tp)
+
+
+def _in_range(value: Any, meta: dict) -> bool:
+    rng = meta.get("range")
+    return rng is None or rng.holds(value)
+
+
+def _in_choices(value: Any, meta: dict) -> bool:
+    choices = meta.get("choices")
+    return choices is None or value in choices()
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _strip_optional(tp: Any) -> Any:
+    if _is_optional(tp):
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return inner
+    return tp
+
+
+_NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
+          bool: ("true or false", "true or false")}
+
+
+def _describe(tp: Any, meta: dict | None = None, plural: bool = False) -> str:
+    """What a field accepts, e.g. ``an integer >= 1``, ``two, full_v2, full``, ``a list of 4 integers >= 1``."""
+    meta = meta or {}
+    if "describe" in meta:
+        return meta["describe"]
+    if _is_optional(tp):
+        return _describe(_strip_optional(tp), meta, plural) + " or null"
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        n = meta.get("length")
+        return f"a list of {f'{n} ' if n else ''}{_describe(item, {**meta, 'length': None}, plural=True)}"
+    if meta.get("choices") is not None:
+        return ", ".join(meta["choices"]())
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return ("one of " if plural else "") + ", ".join(tp.__members__)
+    if is_dataclass(tp):
+        return "a group of options"
+    noun = _NOUNS.get(tp, ("a value", "values"))[plural]
+    rng = meta.get("range")
+    return f"{noun} {rng}" if rng is not None else noun
+
+
+def _show(value: Any) -> str:
+    """A value as it is written on the command line."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str) and _looks_typed(value):
+        return repr(value)  # a string that reads like a number, a boolean or null: quoted, as Hydra needs it
+    return str(value)
+
+
+def _looks_typed(text: str) -> bool:
+    if text.strip().lower() in ("", "true", "false", "null"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# -- Hydra glue -----------------------------------------------------------------------------------
+class CheckConfig(Callback):
+    """Hydra callback (``hydra.callbacks.check_config``): check the composed config before the run folder
+    is created; on a bad value print ``error: ...`` and exit with :data:`USAGE_EXIT`."""
+
+    def __init__(self, entry: str) -> None:
+        self.entry = entry
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_config(config, self.entry)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(USAGE_EXIT) from None
