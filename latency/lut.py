@@ -7,8 +7,8 @@ the profile and the predictor version, and rebuilt when any of them changes.
 
     python -m latency.lut device=vpu [search_space=quadra] [rebuild=true]
 
-``rebuild=true`` (or yes, 1; any case) builds the table again even when it is cached, e.g. a measured
-``host`` table after the machine's load changed.
+``rebuild=true`` builds the table again even when it is cached, e.g. a measured ``host`` table after
+the machine's load changed. Booleans are ``true`` or ``false`` (any case), as in the Hydra entry points.
 """
 
 from __future__ import annotations
@@ -161,15 +161,15 @@ def get_table(space: SearchSpace, profile: DeviceProfile | str, predictor: Predi
     return table
 
 
-TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
+TRUE_WORDS, FALSE_WORDS = ("true",), ("false",)  # as Hydra and nas.config read booleans: no yes/no/1/0
 
 
 def parse_bool(key: str, value: str) -> bool:
-    """``true``/``yes``/``1`` or ``false``/``no``/``0``, any case; anything else is a one-line error."""
+    """``true`` or ``false``, any case; anything else is a one-line error."""
     v = value.strip().lower()
     if v in TRUE_WORDS or v in FALSE_WORDS:
         return v in TRUE_WORDS
-    raise ValueError(f"{key}={value!r} is not a boolean; valid: {', '.join(TRUE_WORDS + FALSE_WORDS)}")
+    raise ValueError(f"{key}={value} is invalid; valid: {', '.join(TRUE_WORDS + FALSE_WORDS)}")
 
 
 def wants_help(argv: list[str]) -> bool:

@@ -19,19 +19,19 @@ def rebuild_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("word,expected", [("true", True), ("yes", True), ("YES", True), ("1", True), ("True", True),
-                                           ("false", False), ("no", False), ("No", False), ("0", False)])
-def test_rebuild_accepts_boolean_words(rebuild_calls, word, expected):
+@pytest.mark.parametrize("word,expected", [("true", True), ("True", True), ("TRUE", True), ("false", False),
+                                           ("False", False)])
+def test_rebuild_accepts_true_or_false(rebuild_calls, word, expected):
     with pytest.raises(_Built):
         lut.main(["device=vpu", f"rebuild={word}"])
     assert rebuild_calls == [expected]
 
 
 def test_rebuild_rejects_other_values_in_one_line(rebuild_calls, capsys):
-    for bad in ("maybe", "", "2", "y e s"):
+    for bad in ("yes", "no", "1", "0", "maybe", "", "y e s"):
         assert lut.main(["device=vpu", f"rebuild={bad}"]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "rebuild=" in err and "valid: true, yes, 1, false, no, 0" in err
+        assert err == f"error: rebuild={bad} is invalid; valid: true, false\n"
     assert rebuild_calls == []  # nothing was built
 
 
