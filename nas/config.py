@@ -57,7 +57,6 @@ WEIGHT_OPTIMIZERS = ("adamw", "sgd")
 ARCH_OPTIMIZERS = ("adam", "sgd")
 DERIVE_METHODS = ("select", "budgeted", "argmax")
 INIT_WORDS = ("scratch", "supernet")  # retrain's init=, besides a checkpoint path
-ENTRIES = ("search", "retrain", "train", "evaluate")
 SKIPPED_KEYS = ("hydra",)  # Hydra's own node, present in the config a callback sees
 USAGE_EXIT = 2  # exit code of a usage error (as nas.trainer.run_cli)
 DEPLOY_SHAPE_RANK = 4  # device input_shape: N, C, H, W
@@ -70,6 +69,7 @@ class ConfigError(ValueError):
 
 
 def _enum(name: str, values: Sequence[str]) -> type[Enum]:
+    """An enum whose member names are its values (OmegaConf and the check match strings by name)."""
     return Enum(name, {v: v for v in values})
 
 
@@ -374,7 +374,7 @@ def check_config(cfg: DictConfig, entry: str) -> None:
     """Raise :class:`ConfigError` (one line) on the first value of ``cfg`` that ``entry``'s schema rejects,
     then on the rules that span keys. Touches no data and no table; reads ``results_csv`` if it exists."""
     if entry not in SCHEMAS:
-        raise ValueError(f"unknown entry point {entry!r}; valid: {', '.join(ENTRIES)}")
+        raise ValueError(f"unknown entry point {entry!r}; valid: {', '.join(SCHEMAS)}")
     _check_node(cfg, SCHEMAS[entry], "", "", skip=SKIPPED_KEYS)
     if entry == "search":
         _search_rules(cfg)
