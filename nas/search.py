@@ -58,6 +58,7 @@ from nas.loops import (
     set_lr,
     set_threads,
 )
+from nas import tb
 from nas.steps import arch_step, export_ms, lut_tensors, weight_step
 from nas.trainer import TrainingDiverged, append_results_row, check_resume_config, run_cli
 from search_spaces.arch import Arch, build_net
@@ -123,17 +124,14 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
     setup = prepare(cfg, dist_info)
     st = build_state(cfg, setup)
     resume(st, run_dir / CHECKPOINT, config, dist_info)
-    writer = None
-    if dist_info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=st.step if st.step else None)
+    writer = tb.open_writer(run_dir, st.step) if dist_info.is_main else None
     # depthwise-conv weight grads come back in another memory layout than DDP's buckets: harmless
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     forward = DistributedDataParallel(st.model, find_unused_parameters=True) if dist_info.enabled else st.model
     total_epochs = cfg.train.warmup_epochs + cfg.train.epochs
     wall_before = st.wall_s
     for epoch in range(st.epoch, total_epochs):
-        stats = train_epoch(cfg, setup, st, epoch, dist_info, run_dir, forward)
+        stats = train_epoch(cfg, setup, st, epoch, dist_info, run_dir, forward, writer)
         st.epoch = epoch + 1
         st.wall_s = wall_before + time.perf_counter() - t_start
         end_epoch(cfg, setup, st, stats, run_dir, writer, dist_info, config)
@@ -143,6 +141,9 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
                          "or pass derive.without_search=true to export from the untrained distribution")
     summary = export(cfg, setup, st, run_dir, dist_info, wall_before + time.perf_counter() - t_start)
     if writer is not None:
+        tb.log_hparams(writer, _hparams(cfg), {"val_top1_supernet": summary["val_top1_supernet"],
+                                               "exported_ms": summary["latency_ms"][setup.device]["ms"],
+                                               "budget_used": summary["budget_used"]})
         writer.close()
     return summary
 
@@ -216,7 +217,7 @@ def resume(st: State, path: Path, config: dict, dist_info: DistInfo) -> None:
 
 
 def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info: DistInfo, run_dir: Path,
-                forward: torch.nn.Module) -> dict:
+                forward: torch.nn.Module, writer=None) -> dict:
     """Weight steps on the training split (through ``forward``: the model or its DDP wrapper); after every
     ``arch.every``-th one, an arch step."""
     joint = epoch >= cfg.train.warmup_epochs
@@ -237,6 +238,7 @@ def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info:
         loss, logits = weight_step(model, st.w_opt, x, y, forward, cfg.train.label_smoothing, cfg.train.grad_clip)
         _check_finite(loss, "supernet loss", cfg, epoch, st, run_dir)
         st.step += 1
+        a_loss = None
         stats["loss"].append(loss.item())
         stats["acc"].append((logits.argmax(1) == y).float().mean().item())
         if arch_on and st.step % cfg.arch.every == 0:
@@ -252,6 +254,7 @@ def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info:
             st.arch_steps += 1
             stats["arch_loss"].append(a_loss.item())
             stats["arch_ce"].append(ce.item())
+        tb.log_step(writer, st.step, train=loss.item(), arch=None if a_loss is None else a_loss.item())
         if dist_info.is_main and st.step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(stats['loss'][-10:]):.3f}",
                             lat=f"{model.expected_latency_ms(st.lut(setup), setup.table.fixed_ms).item():.1f}ms")
@@ -283,9 +286,7 @@ def end_epoch(cfg: DictConfig, setup: Setup, st: State, stats: dict, run_dir: Pa
     st.history.append(row)
     if not dist_info.is_main:
         return
-    for k, v in row.items():
-        if isinstance(v, float) and np.isfinite(v):
-            writer.add_scalar(k.replace("[", "").replace("]", ""), v, st.step)
+    tb.log_row(writer, row, st.step)
     writer.add_figure("arch/probabilities", _heatmap(model), st.step)
     writer.flush()
     log.info("epoch %d/%d %s: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
@@ -402,6 +403,14 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
             append_results_row(Path(cfg.results_csv), _results_row(arch, run_dir))
         log.info("search summary\n%s", _summary_text(arch, run_dir, target_ms, device))
     return arch.metadata
+
+
+def _hparams(cfg: DictConfig) -> dict:
+    """What a sweep varies, for TensorBoard's HPARAMS tab."""
+    return {"device": cfg.device.name, "latency": str(cfg.latency), "search_space": cfg.search_space.name,
+            "loss": cfg.loss.kind, "mode": cfg.mode, "sampling": cfg.train.sampling, "derive": cfg.derive.method,
+            "seed": cfg.seed, "lr": cfg.train.lr, "arch_lr": cfg.arch.lr, "arch_every": cfg.arch.every,
+            "warmup_epochs": cfg.train.warmup_epochs, "epochs": cfg.train.epochs}
 
 
 def _finished(run_dir: Path, config: dict, dist_info: DistInfo) -> dict:

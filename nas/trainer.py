@@ -20,7 +20,6 @@ import copy
 import fcntl
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from nas.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from nas import tb
 from nas.config import check_config
 from nas.data import DataInfo, DatasetNotFoundError, get_dataset, make_loader
 from nas.loops import (
@@ -378,10 +378,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     test_loader = make_loader(test_set, cfg.eval.batch_size, False, 0)
     eval_model = ema.module if ema is not None else model
 
-    writer = None
-    if dist_info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
+    writer = tb.open_writer(run_dir, step) if dist_info.is_main else None
 
     def snapshot(epoch: int) -> dict:
         return {"kind": "net", "config": config, "arch": job.arch.to_dict(), "source_arch": job.source.to_dict(),
@@ -436,6 +433,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             seen += len(y)
             if dist_info.is_main and (i + 1) % 10 == 0:
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.2e}")
+            tb.log_step(writer, step, train=loss.item())
         train_time += time.perf_counter() - t0
         ran += 1
         row = {"epoch": epoch + 1, "step": step, "lr": lr,
@@ -446,23 +444,21 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             row.update(test_top1=res["top1"], test_loss=res["loss"])
         history.append(row)
         if dist_info.is_main:
-            for k, v in row.items():
-                if k != "epoch" and isinstance(v, float) and math.isfinite(v):
-                    writer.add_scalar(k, v, step)
-            writer.flush()
+            tb.log_row(writer, row, step)
             log.info("epoch %d/%d: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
                      epoch + 1, epochs)
             save_checkpoint(ckpt_path, snapshot(epoch))
             pd.DataFrame(history).to_csv(run_dir / HISTORY, index=False)
-    if writer is not None:
-        writer.close()
-
     final = snapshot(start_epoch - 1 + ran)
     if dist_info.is_main and not ckpt_path.exists():  # nothing trained (epochs=0): checkpoint the start
         save_checkpoint(ckpt_path, final)
     test = {**evaluate(eval_model, test_loader), "n": len(test_set)}  # every rank (evaluate all-reduces)
     if not dist_info.is_main:
         return {"top1": test["top1"]}
+    tb.log_hparams(writer, {"model": job.label, "dataset": info.name, "seed": cfg.seed, "epochs": epochs,
+                            "lr": tc.lr, "batch_size": tc.batch_size, "drop_path": tc.drop_path},
+                   {"test_top1": test["top1"], "test_loss": test["loss"]})
+    writer.close()
     return report(run_dir, eval_model, job.arch, job.source, job.model, info, test, final, cfg.eval,
                   cfg.results_csv, evaluated="ema" if ema is not None else "model")
 

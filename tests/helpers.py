@@ -19,3 +19,14 @@ def liven(net: nn.Module, seed: int = 0) -> nn.Module:
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
     return net
+
+
+def scalar_tags(tb_dir) -> set[str]:
+    """Every scalar tag in a run's TensorBoard folder (all its event files)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tags = set()
+    for events in sorted(tb_dir.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from nas.config import ConfigError
 from nas.search import search
+from tests.helpers import scalar_tags
 from nas.trainer import TrainingDiverged
 from search_spaces.arch import Arch
 
@@ -120,6 +121,11 @@ def test_export_uses_the_budget_and_adds_a_results_row(tmp_path, method):
                    and c["val_top1"] == best for c in finalists)
     rows = pd.read_csv(csv)
     assert len(rows) == 1 and rows.device[0] == "vpu" and rows.target_ms[0] == 30.0
+    tags = scalar_tags(tmp_path / "run" / "tb")
+    assert {"train/loss", "train/acc", "val/top1_argmax", "arch/entropy", "arch/loss", "latency/E_vpu_ms",
+            "latency/argmax_ms", "train/loss_step", "arch/loss_step", "hparam/val_top1_supernet",
+            "hparam/budget_used"} <= tags
+    assert not any("[" in t for t in tags)
     assert {"vpu_ms", "budget_used", "derivation", "val_top1_supernet", "deploy_params", "deploy_macs", "seed",
             "wall_s", "run_dir"} <= set(rows.columns)
 
