@@ -106,16 +106,38 @@ def first_order_twin(arch: Arch) -> Arch:
     return Arch(arch.space, arch.macro, choices, {"first_order_twin": True})
 
 
+SMALL_INPUT_SIDE = 32  # inputs up to 32x32 get a stride-2 stem, larger ones stride 4 (as QuadraNet's)
+
+
+def stem_stride_for(input_shape: tuple[int, ...]) -> int:
+    """The stem stride a network gets at this input size (``model=`` and re-shaped arch files alike)."""
+    return 2 if max(input_shape[1:]) <= SMALL_INPUT_SIDE else 4
+
+
 def adapt_macro(arch: Arch, info: DataInfo) -> tuple[Arch, str | None]:
-    """The arch at the dataset's input shape and class count (stages and stem stride kept)."""
+    """The arch at the dataset's input shape and class count (stages and choices kept).
+
+    When the input size changes, the stem stride becomes the one :func:`stem_stride_for` picks for the
+    new size: a 224-pixel arch file (stem stride 4) on 28x28 images would otherwise shrink its maps to
+    1x1 before the last stage.
+    """
     m = arch.macro
     if tuple(m.input_shape) == tuple(info.input_shape) and m.num_classes == info.num_classes:
         return arch, None
+    stem = m.stem_stride if tuple(m.input_shape[1:]) == tuple(info.input_shape[1:]) else stem_stride_for(info.input_shape)
     note = (f"architecture macro rebuilt for dataset {info.name}: input {list(m.input_shape)} -> "
-            f"{list(info.input_shape)}, classes {m.num_classes} -> {info.num_classes} (stages, stem stride "
-            f"{m.stem_stride} and choices kept)")
-    macro = replace(m, input_shape=tuple(info.input_shape), num_classes=info.num_classes)
+            f"{list(info.input_shape)}, classes {m.num_classes} -> {info.num_classes}, stem stride "
+            f"{m.stem_stride} -> {stem} (stages and choices kept)")
+    macro = replace(m, input_shape=tuple(info.input_shape), num_classes=info.num_classes, stem_stride=stem)
     return replace(arch, macro=macro), note
+
+
+def recorded_dataset(arch_path: str | Path) -> str | None:
+    """The dataset an arch file was searched (or drawn) on, if it records one."""
+    meta = Arch.load(arch_path).metadata
+    search, config = meta.get("search") or {}, meta.get("config") or {}
+    name = search.get("dataset") or (config.get("dataset") or {}).get("name")
+    return str(name) if name else None
 
 
 def resolve_job(cfg: DictConfig, info: DataInfo) -> Job:
@@ -126,7 +148,7 @@ def resolve_job(cfg: DictConfig, info: DataInfo) -> Job:
     if model is not None:
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
-        stem = 2 if max(info.input_shape[1:]) <= 32 else 4
+        stem = stem_stride_for(info.input_shape)
         source = quadranet_arch(model, input_shape=info.input_shape, num_classes=info.num_classes, stem_stride=stem)
         notes = []
     else:

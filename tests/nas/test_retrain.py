@@ -276,6 +276,26 @@ def test_arch_macro_is_adapted_to_the_dataset(tmp_path):
     assert bad.returncode == 2 and "error: pass exactly one of arch=PATH/arch.json or model=NAME" in bad.stderr
 
 
+def test_a_224_arch_file_trains_at_the_dataset_size(tmp_path):
+    arch = get_space("quadra").random_arch(1)  # the deployment shape latency.predict prices: 224, stem stride 4
+    assert arch.macro.stem_stride == 4 and arch.macro.input_shape == (3, 224, 224)
+    arch.save(tmp_path / "arch.json")
+    res = train(_cfg("retrain", f"arch={tmp_path / 'arch.json'}", "train.epochs=1", *QUIET), tmp_path / "run")
+    assert res["input_shape"] == [1, 16, 16] and 0 < res["top1"] <= 1
+    assert "stem stride 4 -> 2" in res["notes"][0]
+
+
+def test_retrain_defaults_to_the_dataset_recorded_in_arch_json(tmp_path):
+    arch = get_space("quadra").with_input((1, 16, 16), 10, 2).random_arch(2)
+    Arch(arch.space, arch.macro, arch.choices, {"search": {"dataset": "digits"}}).save(tmp_path / "arch.json")
+    args = [f"arch={tmp_path / 'arch.json'}", "train.epochs=0", "dataset.limit=256", "threads=1", "results_csv=null",
+            *QUIET]
+    r = _cli("nas.retrain", *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["dataset"] == "digits"
+    assert "dataset=digits, as recorded in" in (tmp_path / "run" / "retrain.log").read_text()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
