@@ -2,7 +2,8 @@
 
 For each (device, target) of the grid and each search space (``quadra``, ``proxyless``):
 
-1. search once (seed 0) with one search recipe (``--variant``/``--search``, the same for both spaces);
+1. search once (seed 0) with one search recipe (``--variant``/``--search``, the same for both spaces;
+   default: the product's search defaults on 10k images with 1 warm-up + 2 search epochs, see DEFAULT_SEARCH);
 2. retrain the export with one recipe and ``--retrain-seeds`` (default 0,1);
 3. print the paper's columns: MACs and params of the deployment network (3x224x224, 1000 classes),
    latency on cpu, vpu and gpu (table sums; each labelled with its predictor), the whole deployment
@@ -41,6 +42,10 @@ from search_spaces.io import atomic_write_text
 from search_spaces.spaces import space_from_config
 
 SPACES = ("quadra", "proxyless")
+# The search recipe of both spaces: the product defaults on 10k images, 1 warm-up + 2 search epochs. The MBConv
+# supernet (widths to 320, expansion 6) takes ~4x the quadra one per step on one CPU thread, so the README's
+# 20k-image, 1+3-epoch search would cost ~1 hour per proxyless search here.
+DEFAULT_VARIANT, DEFAULT_SEARCH = "short", "dataset.limit=10000 train.warmup_epochs=1 train.epochs=2"
 # Table III of the QuadraNet paper (ImageNet, nn-Meter, targets 300 / 30 / 3 ms): MACs ("FLOPs"), latencies, top-1
 PAPER = {("proxyless", "cpu"): (333, 299.6, 53.1, 1.8, 72.4), ("proxyless", "vpu"): (275, 379.1, 29.9, 1.7, 72.7),
          ("proxyless", "gpu"): (1065, 1521.1, 146.1, 2.9, 74.4), ("quadra", "cpu"): (279, 299.8, 34.7, 2.1, 73.1),
@@ -153,8 +158,8 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--grid", default="vpu:30ms,cpu:30ms,gpu:1ms")
-    p.add_argument("--variant", default="defaults", help="name of the search recipe (folder name)")
-    p.add_argument("--search", default="", help="nas.search overrides of the recipe (both spaces)")
+    p.add_argument("--variant", default=DEFAULT_VARIANT, help="name of the search recipe (folder name)")
+    p.add_argument("--search", default=DEFAULT_SEARCH, help="nas.search overrides of the recipe (both spaces)")
     p.add_argument("--recipe", default=DEFAULT_RECIPE, help="nas.retrain overrides")
     p.add_argument("--retrain-seeds", default="0,1")
     p.add_argument("--dataset", default="fashion_mnist", choices=sorted(INPUT))
