@@ -279,6 +279,7 @@ class SearchConfig:
     log_devices: list[str] = opt(choices=device_names)
     threads: int | None = opt(AT_LEAST_1)
     results_csv: str | None = opt(describe="a CSV file path or null")
+    keep_checkpoint: bool = opt(default=True)
     train: SearchTrainConfig = section(SearchTrainConfig)
     arch: ArchStepConfig = section(ArchStepConfig)
     derive: DeriveConfig = section(DeriveConfig)

@@ -119,7 +119,7 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
     dist_info = init_distributed()
     set_threads(cfg.threads)
     config = OmegaConf.to_container(cfg, resolve=True)
-    if (run_dir / "arch.json").exists() and (run_dir / CHECKPOINT).exists():
+    if (run_dir / "arch.json").exists():
         return _finished(run_dir, config, dist_info)
     setup = prepare(cfg, dist_info)
     st = build_state(cfg, setup)
@@ -140,6 +140,9 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
                          f"{cfg.arch.every}): nothing was searched, so no arch.json is written; raise train.epochs, "
                          "or pass derive.without_search=true to export from the untrained distribution")
     summary = export(cfg, setup, st, run_dir, dist_info, wall_before + time.perf_counter() - t_start)
+    if dist_info.is_main and not cfg.keep_checkpoint:
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+        log.info("keep_checkpoint=false: %s deleted (arch.json holds the result)", run_dir / CHECKPOINT)
     if writer is not None:
         tb.log_hparams(writer, _hparams(cfg), {"val_top1_supernet": summary["val_top1_supernet"],
                                                "exported_ms": summary["latency_ms"][setup.device]["ms"],
@@ -415,9 +418,12 @@ def _hparams(cfg: DictConfig) -> dict:
 
 def _finished(run_dir: Path, config: dict, dist_info: DistInfo) -> dict:
     """A rerun of a finished search: check it is the same search, print its summary, rewrite nothing."""
-    state = load_checkpoint(run_dir / CHECKPOINT, kind="supernet")
-    check_resume_config(state["config"], config, run_dir / CHECKPOINT)
     arch = Arch.load(run_dir / "arch.json")
+    if (run_dir / CHECKPOINT).exists():
+        check_resume_config(load_checkpoint(run_dir / CHECKPOINT, kind="supernet")["config"], config,
+                            run_dir / CHECKPOINT)
+    else:  # keep_checkpoint=false deleted it: the export records the config
+        check_resume_config(arch.metadata["config"], config, run_dir / "arch.json")
     if dist_info.is_main:
         log.info("%s already holds a finished search; nothing rewritten\n%s", run_dir,
                  _summary_text(arch, run_dir, arch.metadata["search"]["target_ms"], arch.metadata["search"]["device"]))

@@ -74,7 +74,7 @@ DEPLOY_INPUT = (3, 224, 224)
 DEPLOY_CLASSES = 1000
 # config keys that may differ when a run is resumed (they do not change the trained weights; a search's
 # derivation only reads the trained supernet, so a finished supernet can be derived again another way)
-RESUME_FREE = ("threads", "eval", "results_csv", "train.stop_after", "train.epochs", "derive")
+RESUME_FREE = ("threads", "eval", "results_csv", "train.stop_after", "train.epochs", "derive", "keep_checkpoint")
 
 
 class TrainingDiverged(RuntimeError):

@@ -138,6 +138,16 @@ def test_a_finished_search_is_not_rewritten_and_threads_may_change(tmp_path):
     assert again["search"]["target_ms"] == 20.0
 
 
+def test_keep_checkpoint_false_deletes_the_supernet_after_export(tmp_path):
+    search(_cfg(*ONE, "device=vpu", "latency=20ms", "keep_checkpoint=false"), tmp_path)
+    assert (tmp_path / "arch.json").is_file() and not (tmp_path / "checkpoint.pt").exists()
+    before = (tmp_path / "arch.json").stat().st_mtime_ns
+    search(_cfg(*ONE, "device=vpu", "latency=20ms"), tmp_path)  # finished: nothing retrained or rewritten
+    assert (tmp_path / "arch.json").stat().st_mtime_ns == before and not (tmp_path / "checkpoint.pt").exists()
+    with pytest.raises(Exception, match="differs in: latency"):
+        search(_cfg(*ONE, "device=vpu", "latency=25ms"), tmp_path)
+
+
 def test_a_trained_supernet_can_be_derived_again_another_way(tmp_path):
     first = search(_cfg(*ONE, "device=vpu", "latency=30ms", "derive.method=select", "derive.candidates=4",
                         "derive.eval_images=128"), tmp_path / "a")
