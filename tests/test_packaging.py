@@ -15,7 +15,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("nas", "search_spaces", "latency", "supernet", "experiments", "conf")
-NNMETER_ONLY = {"nn_meter", "onnxsim"}  # imported only by latency/nnmeter.py, behind a clear error
+NNMETER_ONLY = {"nn_meter", "onnxsim"}  # imported only by latency/nnmeter/, behind a clear error
 
 
 def _pyproject():

@@ -1,6 +1,7 @@
 """nn-Meter bridge: a real custom predictor package, built on the fly (synthetic regressors),
 registered through nn-Meter's own registration in a temporary HOME, loaded by name offline."""
 
+import ast
 import math
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from torch import nn
 
 from latency import nnmeter
 from latency.base import NNMETER_CUSTOM
+from tests.latency.synthetic_predictors import build_custom_predictor
 
 NAME = "quadranas_test_cpu"
 SHAPE = (1, 3, 32, 32)
@@ -22,7 +24,7 @@ SHAPE = (1, 3, 32, 32)
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
     folder = tmp_path_factory.mktemp("predictor_pkg")
-    return nnmeter.build_custom_predictor(folder, NAME, n_samples=200)
+    return build_custom_predictor(folder, NAME, n_samples=200)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +183,7 @@ def test_session_blocks_nnmeters_own_downloader(tmp_path, download_spies):
     import nn_meter.predictor.utils as pu
 
     before = pu.__user_config_folder__
-    with nnmeter._nnmeter_session(tmp_path) as nn_meter:
+    with nnmeter.nnmeter_session(tmp_path) as nn_meter:
         assert pu.__user_config_folder__ == str(tmp_path / ".nn_meter" / "config")
         with pytest.raises(nnmeter.PredictorUnavailableError, match="never downloads"):
             nn_meter.load_latency_predictor("myriadvpu_openvino2019r2")  # bypasses our file check
@@ -201,3 +203,36 @@ def test_import_is_cheap_and_does_not_import_nn_meter():
     root = Path(__file__).resolve().parents[2]
     code = "import sys, latency.nnmeter; assert 'nn_meter' not in sys.modules; assert 'onnx' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, timeout=120)
+
+
+PRODUCT_PACKAGES = ("latency", "nas", "supernet", "search_spaces", "experiments")
+
+
+def _modules_importing(top_level: str) -> set[str]:
+    """Product source files with an ``import`` of ``top_level`` (function-level imports included)."""
+    root = Path(__file__).resolve().parents[2]
+    found = set()
+    for pkg in PRODUCT_PACKAGES:
+        for py in (root / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(py.read_text(), str(py))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+                if any(n == top_level or n.startswith(top_level + ".") for n in names):
+                    found.add(py.relative_to(root).as_posix())
+    return found
+
+
+def test_bridge_is_a_package_with_nn_meter_imported_in_one_module():
+    from latency.nnmeter import onnx_pricing, paths, predictor, session
+
+    assert nnmeter.NNMeterPredictor is predictor.NNMeterPredictor
+    assert nnmeter.builtin_available is paths.builtin_available
+    assert nnmeter.to_onnx_model is onnx_pricing.to_onnx_model
+    assert nnmeter.register_custom_predictor is session.register_custom_predictor
+    assert _modules_importing("nn_meter") == {"latency/nnmeter/session.py"}
+
+
+def test_synthetic_predictors_are_not_in_the_product():
+    assert not hasattr(nnmeter, "build_custom_predictor")
+    root = Path(__file__).resolve().parents[2]
+    assert not [py for py in (root / "latency").rglob("*.py") if "SYNTHETIC_GFLOPS" in py.read_text()]
