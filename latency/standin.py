@@ -75,9 +75,7 @@ from search_spaces.io import atomic_write_text
 CODE_VERSION = "standin-cost-model-1"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CONSTANTS_PATH = DATA_DIR / "standin_constants.json"
-PACKAGED_REFERENCE_CSV = DATA_DIR / "nnmeter_reference_latency.csv"
-SHARED_REFERENCE_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / \
-    "nnmeter_reference_latency.csv"
+PACKAGED_REFERENCE_CSV = DATA_DIR / "nnmeter_reference_latency.csv"  # package data, in the wheel
 PROVENANCE = "fitted to nn-Meter v1.0 built-in predictor outputs from nn-Meter's test data, MIT"
 REFERENCE_INPUT_SHAPE = (1, 3, 224, 224)
 
@@ -296,7 +294,11 @@ def _error_note(loo: dict) -> str:
 
 
 def default_reference_csv() -> Path:
-    return PACKAGED_REFERENCE_CSV if PACKAGED_REFERENCE_CSV.is_file() else SHARED_REFERENCE_CSV
+    """The reference CSV packaged with ``latency`` (package data); nothing outside the package is read."""
+    if not PACKAGED_REFERENCE_CSV.is_file():
+        raise FileNotFoundError(f"the packaged reference CSV {PACKAGED_REFERENCE_CSV} is missing: reinstall "
+                                "QuadraNAS (it ships as package data) or pass --csv PATH")
+    return PACKAGED_REFERENCE_CSV
 
 
 def read_reference(reference_csv: str | Path | None = None) -> pd.DataFrame:

@@ -1,5 +1,7 @@
+import ast
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ from latency.standin import (
     PACKAGED_REFERENCE_CSV,
     PROVENANCE,
     REPORT_COLUMNS,
-    SHARED_REFERENCE_CSV,
+    default_reference_csv,
     fit_standins,
     load_standin,
     loo_summary,
@@ -28,6 +30,8 @@ from latency.standin import (
 )
 
 A76, VPU = "cortexA76cpu_tflite21", "myriadvpu_openvino2019r2"
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT_SHARED = ROOT.parent / "shared"  # the project's data folder beside the checkout; never read by latency/
 SMALL = ["mobilenetv3small", "shufflenetv2", "mobilenetv2", "squeezenet", "mnasnet"]
 
 
@@ -55,8 +59,68 @@ def test_reference_data_packaged_and_complete():
     assert len(ref) == 18 * 4
     assert set(ref["model_name"]) == set(REFERENCE_NETS)
     assert set(ref["predictor"]) == set(FITTED_DEVICES)
-    if SHARED_REFERENCE_CSV.is_file():
-        assert PACKAGED_REFERENCE_CSV.read_bytes() == SHARED_REFERENCE_CSV.read_bytes()
+    shared_copy = PROJECT_SHARED / "reference" / PACKAGED_REFERENCE_CSV.name
+    if shared_copy.is_file():  # the packaged copy is verbatim
+        assert PACKAGED_REFERENCE_CSV.read_bytes() == shared_copy.read_bytes()
+
+
+def test_reference_csv_is_only_the_packaged_copy(monkeypatch, tmp_path):
+    assert default_reference_csv() == PACKAGED_REFERENCE_CSV
+    monkeypatch.setattr("latency.standin.PACKAGED_REFERENCE_CSV", tmp_path / "gone.csv")
+    with pytest.raises(FileNotFoundError, match="reinstall"):  # no fallback to a folder outside the package
+        default_reference_csv()
+
+
+def test_latency_code_names_no_path_outside_its_package():
+    for py in (ROOT / "latency").rglob("*.py"):
+        for node in ast.walk(ast.parse(py.read_text(), str(py))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert "shared" not in node.value.lower(), (py, node.value[:80])
+                assert "parents[" not in node.value
+
+
+_INVISIBLE_SHARED = """
+import pathlib, sys
+site, hidden = pathlib.Path(sys.argv[1]), [pathlib.Path(p) for p in sys.argv[2:]]
+
+def hide(event, args):
+    if event == "open" and isinstance(args[0], str):
+        path = pathlib.Path(args[0]).absolute()
+        if any(path.is_relative_to(h) for h in hidden):
+            raise PermissionError(f"the stand-in reached for {path}")
+
+sys.addaudithook(hide)
+try:
+    open(hidden[0] / "reference" / "nnmeter_reference_latency.csv")
+    raise SystemExit("the decoy is readable: the hook does not hide it")
+except PermissionError:
+    pass
+import latency.standin as s
+assert pathlib.Path(s.__file__).is_relative_to(site), s.__file__
+constants, report = s.fit_standins(models=["mobilenetv3small", "shufflenetv2", "squeezenet", "mnasnet"],
+                                   devices=["cortexA76cpu_tflite21"])
+assert constants["fitted_from"] == "nnmeter_reference_latency.csv" and len(report) == 4
+for key in s.DEVICE_KEYS:
+    s.load_standin(key)
+print("ok")
+"""
+
+
+def test_standin_builds_with_shared_folder_invisible(tmp_path):
+    """The stand-in installed elsewhere (a copy of the packages, as a wheel would put them) fits and loads with
+    the project's ../shared folder, and a decoy where the old fallback looked, unreadable."""
+    site = tmp_path / "site"
+    for pkg in ("latency", "search_spaces", "conf"):
+        shutil.copytree(ROOT / pkg, site / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    decoy = tmp_path / "shared" / "reference" / PACKAGED_REFERENCE_CSV.name  # parents[1].parent of the copy
+    decoy.parent.mkdir(parents=True)
+    decoy.write_text("not, a, reference\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, "-c", _INVISIBLE_SHARED, str(site), str(tmp_path / "shared"),
+                           str(PROJECT_SHARED)], cwd=elsewhere, capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": str(tmp_path)})
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
 def test_refit_on_a_subset():
