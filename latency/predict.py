@@ -1,14 +1,20 @@
 """Latency of an exported architecture on every device profile, with provenance.
 
-    python -m latency.predict arch=PATH/arch.json [device=vpu|all]
+    python -m latency.predict arch=PATH/arch.json [device=vpu|all] [format=table|json|csv]
 
 For each profile: the lookup-table sum (what the search optimised) and the whole network
-priced by the same backend at the profile's deployment shape.
+priced by the same backend at the profile's deployment shape. ``format=table`` (the default) prints
+a table for people; ``format=json`` prints a JSON list of rows and ``format=csv`` a CSV with a header,
+one row per device with the columns arch, device, table_ms, whole_net_ms, predictor, provenance,
+error_note (table_ms is null / empty for an architecture outside every search space).
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import sys
+from typing import TextIO
 
 from latency.lut import deployment_space, get_table, parse_overrides, usage, wants_help
 from latency.profiles import load_profile, profile_names, resolve_predictor
@@ -35,14 +41,46 @@ def predict_rows(arch: Arch, devices: list[str]) -> list[dict]:
     return rows
 
 
+FORMATS = ("table", "json", "csv")  # the first is the default
+COLUMNS = ("arch", "device", "table_ms", "whole_net_ms", "predictor", "provenance", "error_note")
+
+
+def parse_format(value: str) -> str:
+    """One of :data:`FORMATS`; anything else is a one-line error naming them."""
+    if value not in FORMATS:
+        raise ValueError(f"format={value} is invalid; valid: {', '.join(FORMATS)}")
+    return value
+
+
+def write_rows(rows: list[dict], arch_path: str, arch: Arch, fmt: str, out: TextIO) -> None:
+    """``rows`` of :func:`predict_rows` in ``fmt``: a table for people, or JSON / CSV with :data:`COLUMNS`."""
+    if fmt == "table":
+        out.write(f"{arch_path}: {' '.join(arch.choices)}\n")
+        for r in rows:
+            table = f"table {r['table_ms']:9.3f} ms, " if r["table_ms"] is not None else ""
+            note = f"; {r['error_note']}" if r["error_note"] else ""
+            out.write(f"  {r['device']:5s} {table}whole network {r['whole_net_ms']:9.3f} ms  "
+                      f"[{r['predictor']}: {r['provenance']}{note}]\n")
+        return
+    records = [{"arch": arch_path, **{k: r[k] for k in COLUMNS if k != "arch"}} for r in rows]
+    if fmt == "json":
+        out.write(json.dumps(records, indent=2) + "\n")
+    else:
+        writer = csv.DictWriter(out, fieldnames=list(COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    allowed = {"arch": "PATH/arch.json (required)", "device": "all|" + "|".join(profile_names())}
+    allowed = {"arch": "PATH/arch.json (required)", "device": "all|" + "|".join(profile_names()),
+               "format": "|".join(FORMATS)}
     if wants_help(argv):
         print(usage("python -m latency.predict", __doc__, allowed))
         return 0
     try:
         args = parse_overrides(argv, allowed)
+        fmt = parse_format(args.get("format", FORMATS[0]))
         if "arch" not in args:
             raise ValueError("missing arch=PATH/arch.json")
         arch = Arch.load(args["arch"])
@@ -51,12 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ArchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{args['arch']}: {' '.join(arch.choices)}")
-    for r in predict_rows(arch, devices):
-        table = f"table {r['table_ms']:9.3f} ms, " if r["table_ms"] is not None else ""
-        note = f"; {r['error_note']}" if r["error_note"] else ""
-        print(f"  {r['device']:5s} {table}whole network {r['whole_net_ms']:9.3f} ms  "
-              f"[{r['predictor']}: {r['provenance']}{note}]")
+    write_rows(predict_rows(arch, devices), args["arch"], arch, fmt, sys.stdout)
     return 0
 
 

@@ -36,7 +36,7 @@ def test_rebuild_rejects_other_values_in_one_line(rebuild_calls, capsys):
 
 
 @pytest.mark.parametrize("module,keys", [(lut, ("device=", "search_space=", "rebuild=")),
-                                         (predict, ("arch=", "device="))])
+                                         (predict, ("arch=", "device=", "format=", "table|json|csv"))])
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_prints_usage(module, keys, flag, capsys, rebuild_calls):
     assert module.main([flag]) == 0
