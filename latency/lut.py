@@ -25,6 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from latency.base import Latency, Predictor
+from latency.measured import MeasuredPredictor, TableEntry
 from latency.profiles import DeviceProfile, load_profile, resolve_predictor
 from search_spaces.arch import Arch, build_net, input_shapes
 from search_spaces.blocks import SKIP_OPS, make_op
@@ -114,34 +115,40 @@ def build_table(space: SearchSpace, profile: DeviceProfile, predictor: Predictor
     skeleton = build_net(dep.smallest_block_arch())
     shapes = input_shapes(skeleton, batch=profile.batch_size)
     layer_modules = dict(zip([sp.index for sp in dep.macro.layers()], skeleton.layers()))
-    jobs = [(spec, op, shapes[layer_modules[spec.index]]) for spec in dep.layers() for op in dep.candidates(spec)]
+    number = {index: i for i, index in enumerate(sorted({spec.index for spec in dep.layers()}))}
+    # Candidates whose layer input shapes coincide are one entry, priced once.
+    entries: dict[tuple, TableEntry] = {}
+    cells: list[tuple[int, str, tuple | None]] = []  # (layer, op, entry key; None = a skip op, 0 ms)
+    for spec in dep.layers():
+        shape = shapes[layer_modules[spec.index]]
+        for op in dep.candidates(spec):
+            key = None if op in SKIP_OPS else (op, spec.in_ch, spec.out_ch, spec.stride, shape)
+            if key is not None and key not in entries:
+                entries[key] = (f"layer {number[spec.index]} {op}",
+                                make_op(op, spec.in_ch, spec.out_ch, spec.stride).eval(), shape)
+            cells.append((spec.index, op, key))
     fixed_parts = skeleton.fixed_parts()
-    memo: dict[tuple, Latency] = {}
-    rows, notes = [], set()
-    bar = tqdm(total=len(jobs) + len(fixed_parts), desc=f"LUT {space.name}/{profile.name}",
-               disable=not progress, leave=False)
-    for spec, op, shape in jobs:
-        key = (op, spec.in_ch, spec.out_ch, spec.stride, shape)
-        if op in SKIP_OPS:
-            ms = 0.0
-        else:
-            if key not in memo:
-                memo[key] = predictor.module_ms(make_op(op, spec.in_ch, spec.out_ch, spec.stride).eval(), shape)
-            ms = memo[key].ms
-            notes.add(memo[key].error_note)
-        rows.append({"layer": spec.index, "op": op, "latency_ms": ms})
-        bar.update()
-    fixed_rows = []
     for name, mod in fixed_parts.items():
-        lat = predictor.module_ms(mod.eval(), shapes[mod])
-        fixed_rows.append({"part": name, "latency_ms": lat.ms})
-        bar.update()
-    bar.close()
-    layers = pd.DataFrame(rows)
-    layers["layer"] = layers.layer.rank(method="dense").astype(int) - 1  # searchable-layer number
-    note = sorted(n for n in notes if n)[0] if notes - {""} else ""
+        entries[("fixed", name)] = (f"{name} (fixed)", mod.eval(), shapes[mod])
+    latencies, note = price_entries(predictor, list(entries.values()), progress, f"LUT {space.name}/{profile.name}")
+    priced = dict(zip(entries, latencies, strict=True))
+    layers = pd.DataFrame([{"layer": number[index], "op": op, "latency_ms": 0.0 if key is None else priced[key].ms}
+                           for index, op, key in cells])
+    fixed = pd.DataFrame([{"part": name, "latency_ms": priced[("fixed", name)].ms} for name in fixed_parts])
     return LatencyTable(space.name, profile.name, predictor.name, predictor.provenance, note,
-                        table_key(space, profile, predictor), layers, pd.DataFrame(fixed_rows))
+                        table_key(space, profile, predictor), layers, fixed)
+
+
+def price_entries(predictor: Predictor, entries: list[TableEntry], progress: bool = True,
+                  desc: str = "LUT") -> tuple[list[Latency], str]:
+    """Latencies of a table's entries and the table's error note. A measured predictor times them in
+    interleaved passes and labels the table with its spread; any other predictor prices each entry once."""
+    if isinstance(predictor, MeasuredPredictor):
+        return predictor.price_table(entries, progress=progress, desc=desc)
+    latencies = [predictor.module_ms(module, shape)
+                 for _, module, shape in tqdm(entries, desc=desc, disable=not progress, leave=False)]
+    notes = sorted({lat.error_note for lat in latencies} - {""})
+    return latencies, notes[0] if notes else ""
 
 
 def get_table(space: SearchSpace, profile: DeviceProfile | str, predictor: Predictor | None = None,

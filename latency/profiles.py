@@ -80,6 +80,11 @@ def load_profile(name: str, conf_dir: Path | Traversable | None = None) -> Devic
 
 
 BACKEND_KINDS = ("nnmeter", "standin", "measured")
+# The host's measured backend: untimed runs, then timed runs per measurement; a table splits the timed
+# runs over interleaved passes (each with its warm-up) so that it can report how far passes differ.
+HOST_WARMUP = 5
+HOST_REPEATS = 16
+HOST_TABLE_PASSES = 2
 
 
 def backend_available(spec: str) -> bool:
@@ -109,7 +114,8 @@ def make_backend(spec: str) -> Predictor:
         return MeasuredPredictor(device="cuda")
     # One thread: reproducible on a shared machine (two OpenMP threads on a busy 2-core host
     # quantise to scheduler time slices); the provenance names the thread count.
-    return MeasuredPredictor(device="cpu", threads=1, warmup=5, repeats=15)
+    return MeasuredPredictor(device="cpu", threads=1, warmup=HOST_WARMUP, repeats=HOST_REPEATS,
+                             table_passes=HOST_TABLE_PASSES)
 
 
 def resolve_predictor(profile: DeviceProfile) -> Predictor:

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from latency.base import MEASURED
-from latency.measured import MeasuredPredictor, host_cpu_name
+from latency.measured import EntrySamples, MeasuredPredictor, host_cpu_name
+from latency.profiles import make_backend
 
 
 def small_conv():
@@ -68,6 +69,22 @@ def test_bad_arguments():
         MeasuredPredictor(engine="tvm")
     with pytest.raises(ValueError):
         MeasuredPredictor(repeats=0)
+    with pytest.raises(ValueError):
+        MeasuredPredictor(table_passes=0)
+
+
+def test_table_passes_share_the_repeats_and_key_the_cache():
+    p = MeasuredPredictor(threads=1, warmup=1, repeats=15, table_passes=2)
+    assert p.repeats_per_pass == 8 and "tables: 2 interleaved passes of 8 repeats" in p.version
+    assert MeasuredPredictor(threads=1, warmup=1, repeats=15, table_passes=3).version != p.version
+    host = make_backend("measured:cpu")
+    assert host.table_passes >= 2 and host.threads == 1
+
+
+def test_entry_samples_spread():
+    e = EntrySamples("x", ((1.0, 1.0, 1.2), (2.0, 2.2, 2.0)))
+    assert e.median_ms == pytest.approx(1.6) and e.pass_gap_ms == pytest.approx(1.0)
+    assert e.iqr_ms == pytest.approx(0.95) and e.relative_iqr == pytest.approx(0.95 / 1.6)  # numpy quartiles
 
 
 def test_onnxruntime_engine():
