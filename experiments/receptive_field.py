@@ -65,7 +65,8 @@ def recipe_overrides(a: argparse.Namespace, seed: int) -> list[str]:
 def run_kernel(kernel: int, seed: int, a: argparse.Namespace, root: Path) -> dict:
     """Train one kernel and seed in ``root/k<kernel>-seed<seed>`` unless its results exist; returns
     ``results.json``."""
-    from nas.trainer import RESULTS, train
+    from nas.report import RESULTS
+    from nas.trainer import train
 
     name = f"k{kernel}-seed{seed}"
     run_dir = root / name

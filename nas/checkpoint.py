@@ -12,6 +12,7 @@ A file that cannot be read is an error (:class:`CheckpointError`), never a silen
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import random
@@ -26,9 +27,13 @@ from torch import nn
 
 from search_spaces.io import atomic_write_bytes
 
+CHECKPOINT = "checkpoint.pt"  # file name of a trainer run's checkpoint (and of a search's supernet)
 CHECKPOINT_VERSION = 1
 _LEAF_TYPES = (str, bytes, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device)
 _MAX_LISTED = 5
+# config keys that may differ when a run is resumed (they do not change the trained weights; a search's
+# derivation only reads the trained supernet, so a finished supernet can be derived again another way)
+RESUME_FREE = ("threads", "eval", "results_csv", "train.stop_after", "train.epochs", "derive", "keep_checkpoint")
 
 
 class CheckpointError(RuntimeError):
@@ -169,3 +174,35 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping) -> None:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint does not match the network: {e}") from e
+
+
+# -- the resume rule ----------------------------------------------------------------------
+def _without(d: dict, dotted: tuple[str, ...]) -> dict:
+    d = copy.deepcopy(d)
+    for key in dotted:
+        *parents, last = key.split(".")
+        node = d
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return d
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_config(saved: dict, config: dict, path: Path) -> None:
+    """The one resume rule of search and retrain: configs may differ only in :data:`RESUME_FREE`."""
+    a, b = _flat(_without(saved, RESUME_FREE)), _flat(_without(config, RESUME_FREE))
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff:
+        raise CheckpointError(f"{path} was written by a run with a different config (differs in: {', '.join(diff)}); "
+                              "resume with the same overrides or use a new run folder")

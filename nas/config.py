@@ -58,7 +58,7 @@ ARCH_OPTIMIZERS = ("adam", "sgd")
 DERIVE_METHODS = ("select", "budgeted", "argmax")
 INIT_WORDS = ("scratch", "supernet")  # retrain's init=, besides a checkpoint path
 SKIPPED_KEYS = ("hydra",)  # Hydra's own node, present in the config a callback sees
-USAGE_EXIT = 2  # exit code of a usage error (as nas.trainer.run_cli)
+USAGE_EXIT = 2  # exit code of a usage error (as nas.cli.run_cli)
 DEPLOY_SHAPE_RANK = 4  # device input_shape: N, C, H, W
 IMAGE_SHAPE_RANK = 3  # search-space input_shape: C, H, W
 DEFAULT_FINALISTS = 8  # derive.finalists when a config predates the key

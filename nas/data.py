@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from nas.config import DATASETS
@@ -348,6 +349,26 @@ def get_dataset(name: str, split: str, root: str | os.PathLike | None = None, im
     if name == "cifar10":
         return _cifar10(split, root, image_size, limit)
     return _imagefolder(split, root, image_size, limit)
+
+
+def dataset_config(cfg_dataset: DictConfig | None) -> dict:
+    """A config's ``dataset`` node as a plain dict; ValueError naming a missing ``name`` or ``root``."""
+    if cfg_dataset is None:
+        raise ValueError("no dataset configured")
+    for key in ("name", "root"):
+        if OmegaConf.is_missing(cfg_dataset, key):
+            raise ValueError(f"dataset.{key} is required for dataset {cfg_dataset.get('name', '?')}: "
+                             f"pass dataset.{key}=...")
+    return OmegaConf.to_container(cfg_dataset, resolve=True)
+
+
+def load_data(d: dict, train: bool = True) -> tuple[Dataset | None, Dataset, DataInfo]:
+    """(train split or None without ``train``, test split, info) of a :func:`dataset_config` dict."""
+    train_set = info = None
+    if train:
+        train_set, info = get_dataset(d["name"], "train", d.get("root"), d.get("image_size"), d.get("limit"))
+    test_set, test_info = get_dataset(d["name"], "test", d.get("root"), d.get("image_size"), d.get("test_limit"))
+    return train_set, test_set, info or test_info
 
 
 def train_val_split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Subset, Subset]:

@@ -14,7 +14,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from nas.trainer import evaluate_checkpoint, run_cli
+from nas.cli import run_cli
+from nas.report import evaluate_checkpoint
 
 
 @hydra.main(version_base=None, config_path="pkg://conf", config_name="evaluate")

@@ -16,6 +16,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from nas.data import make_loader
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss (or the gradient norm) became NaN or inf; the last good checkpoint is kept."""
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

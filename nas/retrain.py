@@ -20,15 +20,16 @@ Exit code 2 on bad input or a corrupt/mismatched checkpoint, 1 if the loss diver
 
 from __future__ import annotations
 
-import sys
-
 import logging
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from nas.trainer import hydra_run_dir, recorded_dataset, run_cli, train
+from nas.cli import hydra_run_dir, run_cli
+from nas.job import recorded_dataset
+from nas.trainer import train
 
 log = logging.getLogger("nas.retrain")
 

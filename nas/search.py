@@ -44,11 +44,13 @@ from tqdm import tqdm
 from latency.lut import LatencyTable, deployment_space, get_table
 from latency.profiles import load_profile, profile_from_dict
 from latency.units import parse_latency_ms
-from nas.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nas.checkpoint import check_resume_config, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nas.cli import run_cli
 from nas.config import check_config
 from nas.data import get_dataset, make_loader, train_val_split
 from nas.loops import (
     DistInfo,
+    TrainingDiverged,
     all_reduce_mean_,
     cosine_lr,
     epoch_loader,
@@ -59,8 +61,8 @@ from nas.loops import (
     set_threads,
 )
 from nas import tb
+from nas.report import append_results_row
 from nas.steps import arch_step, export_ms, lut_tensors, weight_step
-from nas.trainer import TrainingDiverged, append_results_row, check_resume_config, run_cli
 from search_spaces.arch import Arch, build_net
 from search_spaces.io import atomic_write_text
 from search_spaces.sampling import EmptyBand, sample_in_band

@@ -17,7 +17,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from nas.trainer import hydra_run_dir, run_cli, train
+from nas.cli import hydra_run_dir, run_cli
+from nas.trainer import train
 
 
 @hydra.main(version_base=None, config_path="pkg://conf", config_name="train")

@@ -22,8 +22,8 @@ from nas.config import (
     check_config,
     check_results_csv,
 )
+from nas.report import append_results_row
 from nas.search import search
-from nas.trainer import append_results_row
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUPS = {"search": ("device", "search_space", "dataset", "loss"), "retrain": ("dataset",), "train": ("dataset",),

@@ -17,7 +17,9 @@ from omegaconf import OmegaConf
 
 import nas.trainer as trainer
 from nas.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nas.trainer import TrainingDiverged, eval_weights, train
+from nas.job import eval_weights
+from nas.loops import TrainingDiverged
+from nas.trainer import train
 from search_spaces.arch import Arch, build_net
 from search_spaces.spaces import get_space, space_from_config
 from supernet.supernet import Supernet

@@ -13,10 +13,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from nas.config import ConfigError
+from nas.loops import TrainingDiverged
 from nas.search import search
-from tests.helpers import scalar_tags
-from nas.trainer import TrainingDiverged
 from search_spaces.arch import Arch
+from tests.helpers import scalar_tags
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"

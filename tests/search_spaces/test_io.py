@@ -47,7 +47,7 @@ def test_replace_keeps_existing_mode(tmp_path, umask):
 
 def test_writers_in_the_repo_keep_0644(tmp_path, umask):
     from nas.checkpoint import save_checkpoint
-    from nas.trainer import append_results_row
+    from nas.report import append_results_row
 
     umask(0o022)
     ck = save_checkpoint(tmp_path / "checkpoint.pt", {"kind": "net", "config": {}})

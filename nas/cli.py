@@ -1,0 +1,41 @@
+"""Command-line glue shared by the entry points (``nas.search``, ``nas.retrain``, ``nas.train``, ``nas.evaluate``).
+
+:func:`run_cli` turns the errors a user can fix into one ``error: ...`` line on stderr and an exit
+code (2 for bad input, 1 when training diverged) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from nas.checkpoint import CheckpointError
+from nas.data import DatasetNotFoundError
+from nas.loops import TrainingDiverged, finish_distributed
+from search_spaces.arch import ArchError
+
+USAGE_ERRORS = (ValueError, ArchError, DatasetNotFoundError, CheckpointError, FileNotFoundError)
+
+
+def run_cli(fn: Callable[[], object]) -> int:
+    """Run an entry point's work; ``error: ...`` on stderr and exit code 2 (1 if training diverged)."""
+    ok = False
+    try:
+        fn()
+        ok = True
+    except TrainingDiverged as e:
+        print(f"error: training diverged: {e}", file=sys.stderr)
+        return 1
+    except USAGE_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        finish_distributed(ok)
+    return 0
+
+
+def hydra_run_dir() -> Path:
+    """The run folder Hydra made for this invocation (``hydra.run.dir``)."""
+    from hydra.core.hydra_config import HydraConfig
+    return Path(HydraConfig.get().runtime.output_dir)

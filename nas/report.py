@@ -1,0 +1,194 @@
+"""Evaluation and deployment report of a trained network.
+
+:func:`report` writes ``results.json`` into the run folder (top-1, params and MACs at the training
+and the deployment shape, predicted latency on every device profile, optional host timing and
+``model.onnx``) and one row into a results CSV. :func:`evaluate_checkpoint` re-evaluates a saved
+trainer checkpoint and reports it the same way (``nas.evaluate``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+from torch import nn
+
+from nas.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_state_dict_checked
+from nas.config import check_config
+from nas.data import DataInfo, dataset_config, load_data, make_loader
+from nas.job import eval_weights
+from nas.loops import evaluate, set_threads
+from search_spaces.arch import Arch, build_net
+from search_spaces.io import atomic_write_text
+from search_spaces.quadranet import quadranet_arch
+from search_spaces.spaces import SearchSpace, space_of
+from search_spaces.summary import count_macs, count_params
+
+log = logging.getLogger("nas.report")
+
+RESULTS = "results.json"
+ONNX = "model.onnx"
+DEPLOY_INPUT = (3, 224, 224)
+DEPLOY_CLASSES = 1000
+
+
+def deployment_arch(arch: Arch, source: Arch, model: str | None) -> tuple[Arch, SearchSpace | None, bool]:
+    """The trained architecture at the deployment shape; its search space; whether its LUT applies."""
+    space = space_of(source) if model is None else None
+    if model is not None:
+        macro = quadranet_arch(model).macro
+    elif space is not None:
+        macro = space.macro
+    else:
+        m = arch.macro
+        stem = 4 if m.family == "quadra" and max(m.input_shape[1:]) <= 32 and m.stem_stride < 4 else m.stem_stride
+        macro = replace(m, input_shape=DEPLOY_INPUT, num_classes=DEPLOY_CLASSES, stem_stride=stem)
+    dep = Arch(arch.space, macro, arch.choices)
+    lut_ok = space is not None and all(c in cands for c, cands in zip(arch.choices, space.all_candidates(),
+                                                                           strict=True))
+    return dep, space, lut_ok
+
+
+def profile_latency(name: str, dep: Arch, space: SearchSpace | None, lut_ok: bool) -> dict:
+    """Predicted latency on one device profile with its provenance; errors are recorded, not raised."""
+    from latency.lut import deployment_space, get_table
+    from latency.profiles import load_profile, resolve_predictor
+
+    out = {"ms": None, "predictor": None, "provenance": None, "error_note": None, "method": None,
+           "input_shape": None, "error": None}
+    try:
+        profile = load_profile(name)
+        out["input_shape"] = list(profile.input_shape)
+        if lut_ok:
+            lat = get_table(space, profile, progress=False).latency(deployment_space(space, profile).arch(dep.choices))
+            out["method"] = "lookup table of the search space (sum of per-layer entries)"
+        else:
+            net_arch = replace(dep, macro=replace(dep.macro, input_shape=tuple(profile.input_shape[1:])))
+            lat = resolve_predictor(profile).module_ms(build_net(net_arch).eval(), profile.input_shape)
+            out["method"] = "whole network"
+        out.update(ms=lat.ms, predictor=lat.predictor, provenance=lat.provenance, error_note=lat.error_note)
+    except Exception as e:  # noqa: BLE001 - a missing backend must not lose the trained network's results
+        out["error"] = f"{type(e).__name__}: {e}"
+        log.warning("latency on %s not available: %s", name, out["error"])
+    return out
+
+
+def report(run_dir: Path, net: nn.Module, arch: Arch, source: Arch, model: str | None, info: DataInfo,
+           test: dict, state: dict, eval_cfg, results_csv: str | None, evaluated: str) -> dict:
+    """Write ``results.json`` (and ``model.onnx``, a results-CSV row) for a trained network."""
+    from latency.measured import MeasuredPredictor
+
+    net.eval()
+    shape = tuple(info.input_shape)
+    dep, space, lut_ok = deployment_arch(arch, source, model)
+    dep_net = build_net(dep)
+    results = {
+        "run_dir": str(run_dir), "model": model, "arch_path": state.get("arch_path"), "space": arch.space,
+        "choices": list(arch.choices), "first_order": state.get("first_order", False), "init": state.get("init"),
+        "notes": state.get("notes", []), "dataset": info.name, "num_test": test.get("n"),
+        "top1": test["top1"], "test_loss": test["loss"], "evaluated_weights": evaluated,
+        "epochs": state["epoch"] + 1, "train_time_s": state["train_time_s"], "world_size": state.get("world_size", 1),
+        "params": count_params(net), "macs": count_macs(net, (1, *shape)), "input_shape": list(shape),
+        "num_classes": info.num_classes,
+        "deployment": {"input_shape": list(dep.macro.input_shape), "num_classes": dep.macro.num_classes,
+                       "stem_stride": dep.macro.stem_stride, "params": count_params(dep_net),
+                       "macs": count_macs(dep_net, (1, *dep.macro.input_shape)),
+                       "search_space": space.name if space is not None else None, "lut": lut_ok},
+        "latency_ms": {name: profile_latency(name, dep, space, lut_ok) for name in eval_cfg.profiles},
+        "host_latency_ms": None, "onnx": None, "checkpoint": str(Path(run_dir) / CHECKPOINT),
+        "arch": arch.to_dict(), "config": state["config"],
+        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if eval_cfg.host_latency:
+        lat = MeasuredPredictor(threads=1, warmup=eval_cfg.latency_warmup,
+                                repeats=eval_cfg.latency_repeats).module_ms(net, (1, *shape))
+        results["host_latency_ms"] = {"ms": lat.ms, "predictor": lat.predictor, "provenance": lat.provenance,
+                                      "error_note": lat.error_note, "input_shape": [1, *shape]}
+    if eval_cfg.onnx:
+        from nas.export import export_onnx
+        results["onnx"] = export_onnx(net, shape, Path(run_dir) / ONNX)
+    atomic_write_text(Path(run_dir) / RESULTS, json.dumps(results, indent=2, default=str) + "\n")
+    if results_csv:
+        append_results_row(Path(results_csv), results_row(results))
+    log.info("%s", summary_text(results))
+    return results
+
+
+def results_row(r: dict) -> dict:
+    """The results-CSV row of one ``results.json``."""
+    row = {"run_dir": r["run_dir"], "model": r["model"] or r["arch_path"] or r["space"],
+           "first_order": r["first_order"], "init": r["init"], "dataset": r["dataset"], "epochs": r["epochs"],
+           "top1": r["top1"], "params": r["params"], "macs": r["macs"],
+           "deploy_params": r["deployment"]["params"], "deploy_macs": r["deployment"]["macs"]}
+    for name, lat in r["latency_ms"].items():
+        row[f"latency_{name}_ms"] = lat["ms"]
+    row["host_trained_ms"] = r["host_latency_ms"]["ms"] if r["host_latency_ms"] else None
+    row["train_time_s"] = r["train_time_s"]
+    row["evaluated_at"] = r["evaluated_at"]
+    return row
+
+
+def append_results_row(path: Path, row: dict) -> Path:
+    """Add one row (replacing an earlier row of the same run folder); rewritten atomically under a lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame()
+        if "run_dir" in old:
+            old = old[old.run_dir != row["run_dir"]]
+        new = pd.DataFrame([row])
+        df = new if old.empty else pd.concat([old, new], ignore_index=True)
+        return atomic_write_text(path, df.to_csv(index=False))
+
+
+def summary_text(r: dict) -> str:
+    """The few lines a finished run logs: accuracy, size, latency per profile, where the outputs are."""
+    lines = [f"== {r['model'] or r['arch_path'] or r['space']}{' (first-order)' if r['first_order'] else ''} on "
+             f"{r['dataset']}: top-1 {r['top1']:.4f} ({r['evaluated_weights']} weights, {r['epochs']} epochs, "
+             f"{r['train_time_s']:.0f} s training) ==",
+             f"{r['params'] / 1e6:.3f}M params, {r['macs'] / 1e6:.2f}M MACs at {'x'.join(map(str, r['input_shape']))}; "
+             f"deployment {'x'.join(map(str, r['deployment']['input_shape']))}: "
+             f"{r['deployment']['params'] / 1e6:.2f}M params, {r['deployment']['macs'] / 1e6:.0f}M MACs"]
+    for name, lat in r["latency_ms"].items():
+        if lat["ms"] is None:
+            lines.append(f"  {name:5s} n/a ({lat['error']})")
+        else:
+            note = f"; {lat['error_note']}" if lat["error_note"] else ""
+            lines.append(f"  {name:5s} {lat['ms']:9.3f} ms  [{lat['predictor']}: {lat['provenance']}{note}]")
+    if r["host_latency_ms"]:
+        h = r["host_latency_ms"]
+        lines.append(f"  trained net on this host, batch 1: {h['ms']:.3f} ms [{h['predictor']}; {h['error_note']}]")
+    lines.append(f"outputs in {r['run_dir']}: results.json checkpoint.pt" + (" model.onnx" if r["onnx"] else ""))
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict:
+    """Re-evaluate a trainer checkpoint (``cfg.checkpoint``); rewrites ``results.json`` next to it."""
+    check_config(cfg, "evaluate")
+    set_threads(cfg.threads)
+    path = Path(cfg.checkpoint) if cfg.checkpoint is not None else None
+    if path is None:
+        raise ValueError("pass checkpoint=PATH/checkpoint.pt (written by nas.train / nas.retrain)")
+    state = load_checkpoint(path, kind="net")
+    try:
+        arch = Arch.from_dict(state["arch"])
+        source = Arch.from_dict(state.get("source_arch", state["arch"]))
+    except KeyError as e:
+        raise CheckpointError(f"{path} holds no architecture ({e})") from e
+    data_cfg = dataset_config(cfg.dataset) if cfg.get("dataset") is not None else state["dataset"]
+    _, test_set, info = load_data(data_cfg, train=False)
+    if tuple(info.input_shape) != tuple(arch.macro.input_shape) or info.num_classes != arch.macro.num_classes:
+        raise ValueError(f"dataset {info.name} gives {list(info.input_shape)} images of {info.num_classes} classes; "
+                         f"the network takes {list(arch.macro.input_shape)} and {arch.macro.num_classes} classes")
+    net = build_net(arch)
+    load_state_dict_checked(net, eval_weights(state))
+    test = {**evaluate(net, make_loader(test_set, cfg.eval.batch_size, False, 0)), "n": len(test_set)}
+    evaluated = "ema" if state.get("ema") is not None else "model"
+    return report(path.parent, net, arch, source, state.get("model_name"), info, test, state, cfg.eval,
+                  cfg.results_csv, evaluated)
