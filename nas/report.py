@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,6 +36,21 @@ RESULTS = "results.json"
 ONNX = "model.onnx"
 DEPLOY_INPUT = (3, 224, 224)
 DEPLOY_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class EvaluatedRun:
+    """A trained network with its test metrics: everything :func:`report` writes up."""
+
+    run_dir: Path  # the run folder: results.json and model.onnx go there
+    net: nn.Module  # the network evaluated (the EMA copy when the run kept one)
+    arch: Arch  # exactly the network trained
+    source: Arch  # the architecture as given; decides the deployment shape
+    model: str | None  # registered model name, if any
+    info: DataInfo  # the dataset evaluated on
+    test: dict  # evaluate()'s "top1" and "loss", plus "n" test images
+    state: dict  # the trainer checkpoint (config, epoch, train_time_s, init, notes, ...)
+    evaluated: str  # which weights were evaluated: "ema" or "model"
 
 
 def deployment_arch(arch: Arch, source: Arch, model: str | None) -> tuple[Arch, SearchSpace | None, bool]:
@@ -79,20 +94,20 @@ def profile_latency(name: str, dep: Arch, space: SearchSpace | None, lut_ok: boo
     return out
 
 
-def report(run_dir: Path, net: nn.Module, arch: Arch, source: Arch, model: str | None, info: DataInfo,
-           test: dict, state: dict, eval_cfg, results_csv: str | None, evaluated: str) -> dict:
+def report(run: EvaluatedRun, eval_cfg: DictConfig, results_csv: str | None) -> dict:
     """Write ``results.json`` (and ``model.onnx``, a results-CSV row) for a trained network."""
     from latency.measured import MeasuredPredictor
 
+    net, arch, info, test, state = run.net, run.arch, run.info, run.test, run.state
     net.eval()
     shape = tuple(info.input_shape)
-    dep, space, lut_ok = deployment_arch(arch, source, model)
+    dep, space, lut_ok = deployment_arch(arch, run.source, run.model)
     dep_net = build_net(dep)
     results = {
-        "run_dir": str(run_dir), "model": model, "arch_path": state.get("arch_path"), "space": arch.space,
+        "run_dir": str(run.run_dir), "model": run.model, "arch_path": state.get("arch_path"), "space": arch.space,
         "choices": list(arch.choices), "first_order": state.get("first_order", False), "init": state.get("init"),
         "notes": state.get("notes", []), "dataset": info.name, "num_test": test.get("n"),
-        "top1": test["top1"], "test_loss": test["loss"], "evaluated_weights": evaluated,
+        "top1": test["top1"], "test_loss": test["loss"], "evaluated_weights": run.evaluated,
         "epochs": state["epoch"] + 1, "train_time_s": state["train_time_s"], "world_size": state.get("world_size", 1),
         "params": count_params(net), "macs": count_macs(net, (1, *shape)), "input_shape": list(shape),
         "num_classes": info.num_classes,
@@ -101,7 +116,7 @@ def report(run_dir: Path, net: nn.Module, arch: Arch, source: Arch, model: str |
                        "macs": count_macs(dep_net, (1, *dep.macro.input_shape)),
                        "search_space": space.name if space is not None else None, "lut": lut_ok},
         "latency_ms": {name: profile_latency(name, dep, space, lut_ok) for name in eval_cfg.profiles},
-        "host_latency_ms": None, "onnx": None, "checkpoint": str(Path(run_dir) / CHECKPOINT),
+        "host_latency_ms": None, "onnx": None, "checkpoint": str(Path(run.run_dir) / CHECKPOINT),
         "arch": arch.to_dict(), "config": state["config"],
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -112,8 +127,8 @@ def report(run_dir: Path, net: nn.Module, arch: Arch, source: Arch, model: str |
                                       "error_note": lat.error_note, "input_shape": [1, *shape]}
     if eval_cfg.onnx:
         from nas.export import export_onnx
-        results["onnx"] = export_onnx(net, shape, Path(run_dir) / ONNX)
-    atomic_write_text(Path(run_dir) / RESULTS, json.dumps(results, indent=2, default=str) + "\n")
+        results["onnx"] = export_onnx(net, shape, Path(run.run_dir) / ONNX)
+    atomic_write_text(Path(run.run_dir) / RESULTS, json.dumps(results, indent=2, default=str) + "\n")
     if results_csv:
         append_results_row(Path(results_csv), results_row(results))
     log.info("%s", summary_text(results))
@@ -190,5 +205,5 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     load_state_dict_checked(net, eval_weights(state))
     test = {**evaluate(net, make_loader(test_set, cfg.eval.batch_size, False, 0)), "n": len(test_set)}
     evaluated = "ema" if state.get("ema") is not None else "model"
-    return report(path.parent, net, arch, source, state.get("model_name"), info, test, state, cfg.eval,
-                  cfg.results_csv, evaluated)
+    return report(EvaluatedRun(path.parent, net, arch, source, state.get("model_name"), info, test, state, evaluated),
+                  cfg.eval, cfg.results_csv)

@@ -55,7 +55,7 @@ from nas.loops import (
     set_lr,
     set_threads,
 )
-from nas.report import report
+from nas.report import EvaluatedRun, report
 from search_spaces.arch import build_net
 from search_spaces.summary import count_params
 
@@ -250,5 +250,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                             "lr": tc.lr, "batch_size": tc.batch_size, "drop_path": tc.drop_path},
                    {"test_top1": test["top1"], "test_loss": test["loss"]})
     writer.close()
-    return report(run_dir, eval_model, job.arch, job.source, job.model, info, test, final, cfg.eval,
-                  cfg.results_csv, evaluated="ema" if ema is not None else "model")
+    evaluated = "ema" if ema is not None else "model"
+    return report(EvaluatedRun(run_dir, eval_model, job.arch, job.source, job.model, info, test, final, evaluated),
+                  cfg.eval, cfg.results_csv)
