@@ -362,10 +362,10 @@ def dataset_config(cfg_dataset: DictConfig | None) -> dict:
     return OmegaConf.to_container(cfg_dataset, resolve=True)
 
 
-def load_data(d: dict, train: bool = True) -> tuple[Dataset | None, Dataset, DataInfo]:
-    """(train split or None without ``train``, test split, info) of a :func:`dataset_config` dict."""
+def load_data(d: dict, with_train: bool = True) -> tuple[Dataset | None, Dataset, DataInfo]:
+    """(train split or None without ``with_train``, test split, info) of a :func:`dataset_config` dict."""
     train_set = info = None
-    if train:
+    if with_train:
         train_set, info = get_dataset(d["name"], "train", d.get("root"), d.get("image_size"), d.get("limit"))
     test_set, test_info = get_dataset(d["name"], "test", d.get("root"), d.get("image_size"), d.get("test_limit"))
     return train_set, test_set, info or test_info

@@ -197,7 +197,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     except KeyError as e:
         raise CheckpointError(f"{path} holds no architecture ({e})") from e
     data_cfg = dataset_config(cfg.dataset) if cfg.get("dataset") is not None else state["dataset"]
-    _, test_set, info = load_data(data_cfg, train=False)
+    _, test_set, info = load_data(data_cfg, with_train=False)
     if tuple(info.input_shape) != tuple(arch.macro.input_shape) or info.num_classes != arch.macro.num_classes:
         raise ValueError(f"dataset {info.name} gives {list(info.input_shape)} images of {info.num_classes} classes; "
                          f"the network takes {list(arch.macro.input_shape)} and {arch.macro.num_classes} classes")
