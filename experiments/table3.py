@@ -33,8 +33,16 @@ import numpy as np
 import pandas as pd
 
 from experiments.markdown import md_table
-from experiments.search_vs_random import (DEFAULT_RECIPE, INPUT, ROOT, Point, parse_grid, retrain_run, search_run,
-                                          space_cfg)
+from experiments.search_vs_random import (
+    DEFAULT_RECIPE,
+    INPUT,
+    ROOT,
+    Point,
+    parse_grid,
+    retrain_run,
+    search_run,
+    space_cfg,
+)
 from latency.lut import get_table
 from latency.predict import predict_rows
 from search_spaces.arch import Arch
@@ -63,7 +71,8 @@ def space_ranges(points: list[Point]) -> pd.DataFrame:
     for point in points:
         for name in SPACES:
             lo, hi = get_table(space_from_config(space_cfg(name)), point.device, progress=False).range_ms()
-            rows.append({"device": point.device, "space": name, "min_ms": lo, "max_ms": hi, "target_ms": point.target_ms,
+            rows.append({"device": point.device, "space": name, "min_ms": lo, "max_ms": hi,
+                         "target_ms": point.target_ms,
                          "binds": lo <= point.target_ms <= hi})
     return pd.DataFrame(rows)
 
@@ -113,7 +122,8 @@ def markdown(table: pd.DataFrame, ranges: pd.DataFrame, recipe: list[str], searc
              + "; ".join(f"{d}: `{p}`" for d, p in predictors.items())
              + f". host: the whole deployment network measured here (`{table.host_predictor.iloc[0]}`, "
              "noisy shared machine). Paper: ImageNet, nn-Meter, targets 300/30/3 ms.\n"]
-    show = table.assign(top1=[f"{m:.4f} +- {s:.4f} ({n})" for m, s, n in zip(table.top1_mean, table.top1_std, table.n_seeds)])
+    top1 = zip(table.top1_mean, table.top1_std, table.n_seeds)
+    show = table.assign(top1=[f"{m:.4f} +- {s:.4f} ({n})" for m, s, n in top1])
     cols = ["device", "target_ms", "space", "macs_M", "params_M", "cpu_ms", "vpu_ms", "gpu_ms", "host_ms", "top1",
             "paper_macs_M", "paper_cpu_ms", "paper_vpu_ms", "paper_gpu_ms", "paper_top1"]
     lines.append(md_table(show[[c for c in cols if c in show]]))
@@ -123,7 +133,8 @@ def markdown(table: pd.DataFrame, ranges: pd.DataFrame, recipe: list[str], searc
         if set(SPACES) <= set(s.index):
             q, p = s.loc["quadra"], s.loc["proxyless"]
             paper = PAPER[("quadra", device)][4] - PAPER[("proxyless", device)][4]
-            deltas.append({"device": device, "target_ms": q.target_ms, "delta_top1_pt": 100 * (q.top1_mean - p.top1_mean),
+            deltas.append({"device": device, "target_ms": q.target_ms,
+                           "delta_top1_pt": 100 * (q.top1_mean - p.top1_mean),
                            "macs_ratio": q.macs_M / p.macs_M, "paper_delta_top1_pt": paper,
                            "paper_macs_ratio": PAPER[("quadra", device)][0] / PAPER[("proxyless", device)][0]})
     if deltas:

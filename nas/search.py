@@ -44,8 +44,9 @@ from tqdm import tqdm
 from latency.lut import LatencyTable, deployment_space, get_table
 from latency.profiles import load_profile, profile_from_dict
 from latency.units import parse_latency_ms
-from nas.checkpoint import check_resume_config, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from nas.cli import run_cli
+from nas import tb
+from nas.checkpoint import CHECKPOINT, check_resume_config, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nas.cli import hydra_run_dir, run_cli
 from nas.config import check_config
 from nas.data import get_dataset, make_loader, train_val_split
 from nas.loops import (
@@ -60,7 +61,6 @@ from nas.loops import (
     set_lr,
     set_threads,
 )
-from nas import tb
 from nas.report import append_results_row
 from nas.steps import arch_step, export_ms, lut_tensors, weight_step
 from search_spaces.arch import Arch, build_net
@@ -73,7 +73,6 @@ from supernet.loss import LatencyLoss
 from supernet.supernet import Supernet
 
 log = logging.getLogger("nas.search")
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -485,8 +484,7 @@ def _summary_text(arch: Arch, run_dir: Path, target_ms: float, device: str) -> s
 
 @hydra.main(version_base=None, config_path="pkg://conf", config_name="search")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-    code = run_cli(lambda: search(cfg, Path(HydraConfig.get().runtime.output_dir)))
+    code = run_cli(lambda: search(cfg, hydra_run_dir()))
     if code:
         sys.exit(code)
 

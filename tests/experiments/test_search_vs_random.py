@@ -36,7 +36,8 @@ def test_benchmark_and_ranking_run_resume_and_share_retrains(tmp_path):
     rederive = [*common, "--grid", "vpu:30ms", "--k", "3", "--seeds", "0", "--variant", "tiny_budgeted",
                 "--supernet-from", "tiny", "--search", SEARCH.replace("derive.method=select", "derive.method=budgeted")]
     assert search_vs_random.main(rederive) == 0
-    base, again = (tmp_path / "runs" / "search" / "digits" / v / "vpu-30ms" / "seed0" for v in ("tiny", "tiny_budgeted"))
+    folders = tmp_path / "runs" / "search" / "digits"
+    base, again = (folders / v / "vpu-30ms" / "seed0" for v in ("tiny", "tiny_budgeted"))
     assert (again / "checkpoint.pt").stat().st_ino == (base / "checkpoint.pt").stat().st_ino  # linked, not retrained
     assert "most likely" in (again / "search.log").read_text()
     rows = pd.read_csv(tmp_path / "out" / "search_vs_random_digits.csv")
