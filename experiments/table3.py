@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search", default=DEFAULT_SEARCH, help="nas.search overrides of the recipe (both spaces)")
     p.add_argument("--recipe", default=DEFAULT_RECIPE, help="nas.retrain overrides")
     p.add_argument("--retrain-seeds", default="0,1")
+    p.add_argument("--spaces", default=",".join(SPACES), help="run only these spaces (the tables show all finished)")
     p.add_argument("--dataset", default="fashion_mnist", choices=sorted(INPUT))
     p.add_argument("--jobs", type=int, default=2, help="processes side by side (1 thread each)")
     p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
@@ -182,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     points = parse_grid(a.grid)
     seeds = [int(s) for s in a.retrain_seeds.split(",") if s != ""]
     recipe, search = shlex.split(a.recipe), shlex.split(a.search)
-    run = not a.report_only
     dirs = {}
     for space in SPACES:
         overrides = search + ([f"search_space={space}"] if space != "quadra" else [])
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def task(point: Point, space: str) -> dict | None:
         d, overrides = dirs[space]
+        run = not a.report_only and space in spaces  # the other spaces: read what has finished
         arch_path = search_run(point, 0, d, overrides, a.dataset, run)
         if arch_path is None:
             return None
@@ -205,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
                         "arch_path": arch_path, "results": res}
 
     # proxyless first: its searches take longest, and the quadra ones are often already done (search_vs_random)
-    tasks = [(point, space) for space in reversed(SPACES) for point in points]
+    spaces = [s for s in a.spaces.split(",") if s]
+    if not set(spaces) <= set(SPACES):
+        p.error(f"--spaces {a.spaces}: valid: {', '.join(SPACES)}")
+    run_tasks = [(point, space) for space in reversed(SPACES) for point in points if space in spaces]
+    tasks = run_tasks + [(point, space) for space in reversed(SPACES) for point in points if space not in spaces]
     runs, failures, t0 = [], [], time.perf_counter()
     with ThreadPoolExecutor(1 if a.report_only else a.jobs) as pool:
         futures = {pool.submit(task, *t): t for t in tasks}

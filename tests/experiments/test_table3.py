@@ -28,3 +28,7 @@ def test_table3_searches_both_spaces_and_reports_the_paper_columns(tmp_path):
     searched = sorted(p.parent.parent.parent.name for p in (tmp_path / "runs" / "search").glob("*/*/*/seed0/arch.json"))
     assert searched == ["tiny", "tiny-proxyless"]
     assert table3.main([*args, "--report-only"]) == 0  # finished runs are read back, nothing reruns
+    assert table3.main([*args, "--spaces", "quadra"]) == 0  # runs one space, still reports both
+    assert len(pd.read_csv(tmp_path / "out" / "table3_search_per_device.csv")) == 2
+    with pytest.raises(SystemExit):
+        table3.main([*args, "--spaces", "mbconv"])
