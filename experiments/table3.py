@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -44,7 +46,6 @@ from experiments.search_vs_random import (
     space_cfg,
 )
 from latency.lut import get_table
-from latency.predict import predict_rows
 from search_spaces.arch import Arch
 from search_spaces.io import atomic_write_text
 from search_spaces.spaces import space_from_config
@@ -78,11 +79,15 @@ def space_ranges(points: list[Point]) -> pd.DataFrame:
 
 
 def host_ms(arch_path: Path, cache: Path) -> dict:
-    """The deployment network measured on this host (cached per architecture file: timing is slow and noisy)."""
+    """The deployment network measured on this host (``latency.predict``, its own 1-thread process, so this
+    process's threads and memory do not disturb the timing); cached per architecture file."""
     known = json.loads(cache.read_text()) if cache.exists() else {}
     key = str(arch_path)
     if key not in known:
-        row = predict_rows(Arch.load(arch_path), ["host"])[0]
+        out = subprocess.run([sys.executable, "-m", "latency.predict", f"arch={arch_path}", "device=host",
+                              "format=json"], cwd=ROOT, capture_output=True, text=True, check=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
+        row = json.loads(out)[0]
         known[key] = {"ms": row["whole_net_ms"], "predictor": row["predictor"]}
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache, json.dumps(known, indent=1) + "\n")
