@@ -143,6 +143,15 @@ def random_archs(point: Point, k: int, dataset: str, out_dir: Path) -> list[Path
     return paths
 
 
+def claim_variant(variant_dir: Path, overrides: list[str]) -> None:
+    """Record a variant's search overrides in its folder; a name already used with other overrides is an error."""
+    spec = variant_dir / "variant.json"
+    if spec.exists() and json.loads(spec.read_text())["overrides"] != overrides:
+        raise SystemExit(f"error: variant {variant_dir.name!r} was run with overrides "
+                         f"{json.loads(spec.read_text())['overrides']}; pick another --variant name")
+    atomic_write_text(spec, json.dumps({"overrides": overrides}) + "\n")
+
+
 def search_run(point: Point, seed: int, variant_dir: Path, overrides: list[str], dataset: str,
                run: bool = True, supernet_from: Path | None = None) -> Path | None:
     """The search's arch.json (searching first unless it exists); None if absent and ``run`` is false.
@@ -282,11 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in a.seeds.split(",") if s != ""]
     recipe, overrides = shlex.split(a.recipe), shlex.split(a.search)
     variant_dir = a.root / "search" / a.dataset / a.variant
-    spec = variant_dir / "variant.json"
-    if spec.exists() and json.loads(spec.read_text())["overrides"] != overrides:
-        raise SystemExit(f"error: variant {a.variant!r} was run with overrides "
-                         f"{json.loads(spec.read_text())['overrides']}; pick another --variant name")
-    atomic_write_text(spec, json.dumps({"overrides": overrides}) + "\n")
+    claim_variant(variant_dir, overrides)
     base_dir = a.root / "search" / a.dataset / a.supernet_from if a.supernet_from else None
 
     rows, failures = [], []

@@ -40,6 +40,7 @@ from experiments.search_vs_random import (
     INPUT,
     ROOT,
     Point,
+    claim_variant,
     parse_grid,
     retrain_run,
     search_run,
@@ -192,11 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     for space in SPACES:
         overrides = search + ([f"search_space={space}"] if space != "quadra" else [])
         d = a.root / "search" / a.dataset / variant_name(a.variant, space)
-        spec = d / "variant.json"
-        if spec.exists() and json.loads(spec.read_text())["overrides"] != overrides:
-            raise SystemExit(f"error: variant {d.name!r} was run with overrides "
-                             f"{json.loads(spec.read_text())['overrides']}; pick another --variant name")
-        atomic_write_text(spec, json.dumps({"overrides": overrides}) + "\n")
+        claim_variant(d, overrides)
         dirs[space] = (d, overrides)
 
     def task(point: Point, space: str) -> dict | None:

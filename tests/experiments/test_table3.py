@@ -4,10 +4,7 @@ import pandas as pd
 import pytest
 
 from experiments import table3
-
-SEARCH = ("train.warmup_epochs=0 train.epochs=1 train.batch_size=32 log_devices=[vpu] dataset.limit=400 "
-          "derive.method=select derive.candidates=2 derive.eval_images=64")
-RECIPE = "train.epochs=1 train.batch_size=32 dataset.limit=256"
+from tests.experiments.test_search_vs_random import RECIPE, SEARCH  # the same tiny recipes
 
 
 @pytest.mark.slow
