@@ -23,7 +23,8 @@ Flags: ``--grid vpu:30ms,cpu:30ms,gpu:1ms`` ``--k 5`` ``--seeds 0,1`` ``--varian
 (derive that variant's trained supernets again, e.g. with other ``derive.*``) ``--recipe "OVERRIDES"``
 (default "train.epochs=2 dataset.limit=30000") ``--dataset fashion_mnist`` ``--jobs 2``
 ``--root experiments/runs`` ``--out experiments/results`` ``--report-only`` (tables from what
-has finished, nothing run).
+has finished, nothing run) ``--no-search`` / ``--no-random`` (only one side; the other side's rows
+are kept from ``--out``'s CSV).
 """
 
 from __future__ import annotations
@@ -285,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--supernet-from", default=None, metavar="VARIANT",
                    help="derive this variant from VARIANT's finished supernets (--search may change only derive.*)")
     p.add_argument("--no-search", action="store_true", help="only the random draws and their retrains")
+    p.add_argument("--no-random", action="store_true",
+                   help="only the searches and their retrains; the random rows come from --out's CSV (their "
+                        "1-thread retrains are deterministic, so with the same --recipe they would repeat)")
     p.add_argument("--report-only", action="store_true", help="tables from finished runs; run nothing")
     a = p.parse_args(argv)
     points = parse_grid(a.grid)
@@ -310,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = []
     for point in points:
         draws = random_archs(point, a.k, a.dataset, a.root / "random" / a.dataset / point.tag)
-        tasks += [(random_task, (point, path)) for path in draws]
+        tasks += [] if a.no_random else [(random_task, (point, path)) for path in draws]
         if not a.no_search:
             tasks += [(searched_task, (point, s)) for s in seeds]
     # searches first: they take longest and gate their own retrains

@@ -49,7 +49,8 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from search_spaces.quadranet import MODELS
 from search_spaces.spaces import SPACES
 from supernet.loss import KINDS as LOSS_KINDS
-from supernet.mixed import MODES, SAMPLINGS
+from supernet.mixed import MODES
+from supernet.supernet import WEIGHT_SAMPLINGS
 
 DATASETS = ("fashion_mnist", "digits", "cifar10", "imagefolder")  # what nas.data can load
 DATASETS_WITH_ROOT = ("cifar10", "imagefolder")  # no default location: dataset.root is required
@@ -74,7 +75,7 @@ def _enum(name: str, values: Sequence[str]) -> type[Enum]:
 
 
 Mode = _enum("Mode", MODES)
-Sampling = _enum("Sampling", SAMPLINGS)
+Sampling = _enum("Sampling", WEIGHT_SAMPLINGS)
 LossKind = _enum("LossKind", LOSS_KINDS)
 DatasetName = _enum("DatasetName", DATASETS)
 SpaceName = _enum("SpaceName", tuple(SPACES))

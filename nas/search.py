@@ -7,9 +7,17 @@ table of the search device at its *deployment* input shape (e.g. 1x3x224x224), w
 supernet trains at the dataset's resolution (a proxy: 28x28 Fashion-MNIST with a stride-2
 stem instead of stride 4).
 
-Recipe knobs that change what is found (``conf/search.yaml``): ``train.sampling`` (weight
-steps draw their path from the learned distribution, ``proxyless``, or uniformly,
-``uniform``) and ``derive.method``:
+Recipe knobs that change what is found (``conf/search.yaml``): ``train.sampling``, how weight
+steps draw their path:
+
+* ``proxyless``: per layer from the learned distribution (the paper's);
+* ``uniform``: per layer uniformly (FairNAS/SPOS-style);
+* ``band``: a whole architecture, uniformly from a pool of ``BAND_POOL`` architectures drawn in
+  the band ``[derive.min_fraction * T, T]`` on the search device's table with the random
+  baseline's distribution (:mod:`search_spaces.sampling`), so the shared weights train the
+  networks the derivation compares;
+
+and ``derive.method``:
 
 * ``argmax``: the paper's export, the most likely op per layer (may miss the budget);
 * ``budgeted``: the most likely architecture with latency in ``[derive.min_fraction * T, T]``;
@@ -64,6 +72,7 @@ from nas.loops import (
 from nas.report import append_results_row
 from nas.steps import arch_step, export_ms, lut_tensors, weight_step
 from search_spaces.arch import Arch, build_net
+from search_spaces.blocks import SKIP_OPS
 from search_spaces.io import atomic_write_text
 from search_spaces.sampling import EmptyBand, sample_in_band
 from search_spaces.spaces import SearchSpace, space_from_config
@@ -73,6 +82,8 @@ from supernet.loss import LatencyLoss
 from supernet.supernet import Supernet
 
 log = logging.getLogger("nas.search")
+
+BAND_POOL = 4096  # train.sampling=band: architectures drawn in the band (fewer when the band holds fewer)
 
 
 @dataclass
@@ -102,6 +113,7 @@ class State:
     loss_fn: LatencyLoss
     path_gen: torch.Generator
     luts: dict[str, list[torch.Tensor]]
+    band_pool: list[tuple[str, ...]] | None = None  # train.sampling=band: weight steps' architectures
     epoch: int = 0  # epochs finished
     step: int = 0
     arch_steps: int = 0
@@ -200,7 +212,34 @@ def build_state(cfg: DictConfig, setup: Setup) -> State:
     lcfg = OmegaConf.to_container(cfg.loss, resolve=True)
     loss_fn = LatencyLoss(lcfg.pop("kind"), setup.target_ms, **lcfg)
     luts = {n: lut_tensors(tb.ops(), tb.layer_ms(), model) for n, tb in setup.tables.items()}
-    return State(model, w_opt, a_opt, loss_fn, torch.Generator().manual_seed(cfg.seed), luts)
+    pool = band_pool(cfg, setup, model) if cfg.train.sampling == "band" else None
+    return State(model, w_opt, a_opt, loss_fn, torch.Generator().manual_seed(cfg.seed), luts, pool)
+
+
+def band_pool(cfg: DictConfig, setup: Setup, model: Supernet) -> list[tuple[str, ...]] | None:
+    """``train.sampling=band``: the architectures weight steps draw from (deterministic in the seed);
+    None, with a warning, when the band holds none (weight steps then draw uniformly per layer)."""
+    t, lo = setup.target_ms, float(cfg.derive.min_fraction) * setup.target_ms
+    names = [m.names for m in model.mixed_ops()]
+    try:
+        pool = sample_in_band(names, setup.table.layer_ms(), setup.table.fixed_ms, lo, t, BAND_POOL, seed=cfg.seed,
+                              at_least=1)
+    except EmptyBand as e:
+        log.warning("train.sampling=band: %s; weight steps draw uniformly per layer instead", e)
+        return None
+    blocks = [sum(c not in SKIP_OPS for c in a) for a in pool]
+    log.info("train.sampling=band: weight steps draw from %d architectures in [%.3f, %.3f] ms on %s (%d-%d blocks)",
+             len(pool), lo, t, setup.device, min(blocks), max(blocks))
+    return pool
+
+
+def sample_weight_path(cfg: DictConfig, st: State) -> None:
+    """Pin the path of the next weight step (see ``train.sampling``)."""
+    if st.band_pool is not None:
+        st.model.pin_one_of(st.band_pool, st.path_gen)
+    else:
+        st.model.resample("weight", cfg.mode, st.path_gen, "uniform" if cfg.train.sampling == "band"
+                          else cfg.train.sampling)
 
 
 def resume(st: State, path: Path, config: dict, dist_info: DistInfo) -> None:
@@ -238,7 +277,7 @@ def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info:
                disable=not dist_info.is_main, leave=False)
     for x, y in bar:
         set_lr(st.w_opt, cosine_lr(cfg.train.lr, st.step, total_steps))
-        model.resample("weight", cfg.mode, st.path_gen, cfg.train.sampling)
+        sample_weight_path(cfg, st)
         loss, logits = weight_step(model, st.w_opt, x, y, forward, cfg.train.label_smoothing, cfg.train.grad_clip)
         _check_finite(loss, "supernet loss", cfg, epoch, st, run_dir)
         st.step += 1

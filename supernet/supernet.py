@@ -16,7 +16,11 @@ from torch import nn
 from search_spaces.arch import Arch, LayerSpec, Net
 from search_spaces.blocks import LAYER_SCALE_INIT, init_weights, make_op
 from search_spaces.spaces import SearchSpace
-from supernet.mixed import MixedOp
+from supernet.mixed import SAMPLINGS, MixedOp
+
+# how weight steps draw their path: per layer (SAMPLINGS, see supernet.mixed) or, ``band``, one whole
+# architecture from a pool the caller drew inside the latency band (see Supernet.pin_one_of)
+WEIGHT_SAMPLINGS = (*SAMPLINGS, "band")
 
 
 class Supernet(nn.Module):
@@ -62,6 +66,19 @@ class Supernet(nn.Module):
     def pin(self, choices: Sequence[str]) -> None:
         for m, name in zip(self.mixed_ops(), choices, strict=True):
             m.pin(m.names.index(name))
+
+    def pin_one_of(self, pool: Sequence[Sequence[str]], generator: torch.Generator | None = None) -> int:
+        """A weight step's path drawn uniformly from ``pool`` (whole architectures); returns its index.
+
+        With a pool drawn inside the latency band (``train.sampling=band``) the shared weights train
+        the networks the derivation will later compare, not the deep ones uniform per-layer draws
+        give (7 candidates with one identity: ~17 of 20 layers are blocks, while a 30 ms vpu
+        budget holds ~5)."""
+        if not pool:
+            raise ValueError("pin_one_of needs a non-empty pool of architectures")
+        i = int(torch.randint(len(pool), (1,), generator=generator))
+        self.pin(pool[i])
+        return i
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -13,8 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from nas.config import ConfigError
-from nas.loops import TrainingDiverged
-from nas.search import search
+from nas.loops import DistInfo, TrainingDiverged
+from nas.search import BAND_POOL, build_state, prepare, sample_weight_path, search
 from search_spaces.arch import Arch
 from tests.helpers import scalar_tags
 
@@ -128,6 +128,35 @@ def test_export_uses_the_budget_and_adds_a_results_row(tmp_path, method):
     assert not any("[" in t for t in tags)
     assert {"vpu_ms", "budget_used", "derivation", "val_top1_supernet", "deploy_params", "deploy_macs", "seed",
             "wall_s", "run_dir"} <= set(rows.columns)
+
+
+def test_band_sampling_trains_only_architectures_in_the_band(tmp_path):
+    cfg = _cfg(*ONE, "device=vpu", "latency=30ms", "train.sampling=band", "derive.candidates=4",
+               "derive.eval_images=128")
+    setup = prepare(cfg, DistInfo())
+    st = build_state(cfg, setup)
+    pool = st.band_pool
+    assert len(pool) == BAND_POOL and len(set(pool)) == len(pool)
+    ms = [setup.table.arch_ms(setup.space.arch(a)) for a in pool]
+    assert 27.0 <= min(ms) and max(ms) <= 30.0
+    assert len({sum(c != "identity" for c in a) for a in pool}) >= 3  # the band's choices, not one corner
+    drawn = set()
+    for _ in range(50):
+        sample_weight_path(cfg, st)
+        drawn.add(tuple(m.names[m.sample.active] for m in st.model.mixed_ops()))
+    assert drawn <= set(pool) and len(drawn) > 40
+    meta = search(cfg, tmp_path)
+    assert meta["search"]["sampling"] == "band" and 0.9 <= meta["budget_used"] <= 1.0
+
+
+def test_band_sampling_falls_back_to_uniform_when_the_band_is_empty(tmp_path, caplog):
+    cfg = _cfg(*ONE, "device=vpu", "latency=30ms", "train.sampling=band", "derive.min_fraction=0.999999")
+    setup = prepare(cfg, DistInfo())
+    setup.target_ms = setup.table.range_ms()[0] * 0.9999  # nothing fits [0.999999 T, T]
+    st = build_state(cfg, setup)
+    assert st.band_pool is None and "draw uniformly per layer instead" in caplog.text
+    sample_weight_path(cfg, st)
+    assert all(m.sample.gates is None for m in st.model.mixed_ops())
 
 
 def test_a_finished_search_is_not_rewritten_and_threads_may_change(tmp_path):
