@@ -22,9 +22,10 @@ from torch import nn
 from nas.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_state_dict_checked
 from nas.config import check_config
 from nas.data import DataInfo, dataset_config, load_data, make_loader
-from nas.job import eval_weights
+from nas.job import SMALL_INPUT_SIDE, eval_weights
 from nas.loops import evaluate, set_threads
 from search_spaces.arch import Arch, build_net
+from search_spaces.families import get_family
 from search_spaces.io import atomic_write_text
 from search_spaces.quadranet import quadranet_arch
 from search_spaces.spaces import SearchSpace, space_of
@@ -62,7 +63,9 @@ def deployment_arch(arch: Arch, source: Arch, model: str | None) -> tuple[Arch, 
         macro = space.macro
     else:
         m = arch.macro
-        stem = 4 if m.family == "quadra" and max(m.input_shape[1:]) <= 32 and m.stem_stride < 4 else m.stem_stride
+        deploy_stride = get_family(m.family).deploy_stem_stride
+        small = max(m.input_shape[1:]) <= SMALL_INPUT_SIDE
+        stem = deploy_stride if deploy_stride and small and m.stem_stride < deploy_stride else m.stem_stride
         macro = replace(m, input_shape=DEPLOY_INPUT, num_classes=DEPLOY_CLASSES, stem_stride=stem)
     dep = Arch(arch.space, macro, arch.choices)
     lut_ok = space is not None and all(c in cands for c, cands in zip(arch.choices, space.all_candidates(),

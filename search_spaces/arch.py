@@ -9,10 +9,8 @@ JSON format ``quadranas.arch/v1``::
      "choices": ["quadra_k3_e2", "identity", ...],
      "metadata": {...free form...}}
 
-Families: ``quadra`` (QuadraNet: patchify stem + LayerNorm, LayerNorm + strided conv
-between stages, head pool/LayerNorm/Linear; every layer keeps its shape) and
-``proxyless`` (ProxylessNAS/MobileNetV2: conv3x3 stem, the first layer of a stage
-changes width/stride, head conv1x1 -> pool -> Linear).
+Families (``quadra``, ``proxyless``): what the skeleton does differently per family (op grammar,
+stem, transitions, head, init) is one registry entry each in :mod:`search_spaces.families`.
 """
 
 from __future__ import annotations
@@ -25,11 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from search_spaces.blocks import SKIP_OPS, LayerNorm2d, init_weights, make_op, parse_op
+from search_spaces.blocks import SKIP_OPS, make_op, parse_op
+from search_spaces.families import FAMILIES, get_family
 from search_spaces.io import atomic_write_text
 
 FORMAT = "quadranas.arch/v1"
-FAMILIES = {"quadra": ("quadra", "convnext"), "proxyless": ("mbconv",)}
 
 
 class ArchError(ValueError):
@@ -70,9 +68,10 @@ class Macro:
 
     def layers(self) -> list[LayerSpec]:
         out, prev, idx = [], self.stem_width or self.stages[0].width, 0
+        reshapes = get_family(self.family).first_layer_reshapes
         for s, st in enumerate(self.stages):
             for j in range(st.depth):
-                first = j == 0 and self.family == "proxyless"
+                first = j == 0 and reshapes
                 out.append(LayerSpec(idx, s, prev if first else st.width, st.width,
                                      st.stride if first else 1, st.fixed_op))
                 idx += 1
@@ -178,7 +177,7 @@ def arch_from_dict(d: dict) -> Arch:
 
 
 def valid_ops(macro: Macro, layer: LayerSpec) -> str:
-    kinds = FAMILIES[macro.family]
+    kinds = get_family(macro.family).op_kinds
     skip = ", identity/zero" if layer.shape_kept else " (identity/zero not allowed: shape changes here)"
     return " or ".join(f"{k}_k<odd>_e<int>" for k in kinds) + skip
 
@@ -213,7 +212,7 @@ def validate(arch: Arch) -> None:
             if not layer.shape_kept:
                 raise ArchError(f"{where}: {op!r} where the shape changes ({layer.in_ch}->{layer.out_ch}, "
                                 f"stride {layer.stride}); valid: {valid_ops(m, layer)}")
-        elif kind not in FAMILIES[m.family] or k % 2 == 0:
+        elif kind not in FAMILIES[m.family].op_kinds or k % 2 == 0:
             raise ArchError(f"{where}: {op!r} not valid in family {m.family!r}; valid: {valid_ops(m, layer)}")
 
 
@@ -227,39 +226,19 @@ class Net(nn.Module):
     def __init__(self, macro: Macro, layer_fn: LayerFn, drop_path_rate: float = 0.0):
         super().__init__()
         self.macro = macro
-        c_in = macro.input_shape[0]
-        s = macro.stem_stride
-        if macro.family == "quadra":
-            w0 = macro.stages[0].width
-            k, pad = (s, 0) if s > 1 else (3, 1)
-            self.stem = nn.Sequential(nn.Conv2d(c_in, w0, k, s, pad), LayerNorm2d(w0))
-        else:
-            w0 = macro.stem_width
-            self.stem = nn.Sequential(nn.Conv2d(c_in, w0, 3, s, 1, bias=False), nn.BatchNorm2d(w0),
-                                      nn.ReLU6(inplace=True))
+        family = get_family(macro.family)
+        self.stem, w0 = family.stem(macro)
         specs = macro.layers()
         rates = torch.linspace(0, drop_path_rate, max(len(specs), 1)).tolist()
         self.transitions = nn.ModuleList()
         self.stages = nn.ModuleList()
         prev = w0
         for i, st in enumerate(macro.stages):
-            self.transitions.append(self._transition(prev, st))
+            self.transitions.append(family.transition(prev, st))
             stage_specs = [sp for sp in specs if sp.stage == i]
             self.stages.append(nn.ModuleList(layer_fn(sp, rates[sp.index]) for sp in stage_specs))
             prev = st.width
-        if macro.family == "quadra":
-            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(prev, eps=1e-6),
-                                      nn.Linear(prev, macro.num_classes))
-        else:
-            hw = macro.head_width or prev
-            self.head = nn.Sequential(nn.Conv2d(prev, hw, 1, bias=False), nn.BatchNorm2d(hw),
-                                      nn.ReLU6(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                      nn.Linear(hw, macro.num_classes))
-
-    def _transition(self, prev: int, st: Stage) -> nn.Module:
-        if self.macro.family != "quadra" or (prev == st.width and st.stride == 1):
-            return nn.Identity()
-        return nn.Sequential(LayerNorm2d(prev), nn.Conv2d(prev, st.width, st.stride, st.stride))
+        self.head = family.head(macro, prev)
 
     def layers(self) -> list[nn.Module]:
         """All layers in order (fixed ones included)."""
@@ -325,6 +304,5 @@ def build_net(arch: Arch, drop_path_rate: float = 0.0, memory_saving: bool = Fal
         return make_op(op, spec.in_ch, spec.out_ch, spec.stride, dp, memory_saving)
 
     net = Net(arch.macro, layer_fn, drop_path_rate)
-    if arch.macro.family == "quadra":
-        init_weights(net)
+    get_family(arch.macro.family).init(net)
     return net

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from search_spaces.arch import Arch, LayerSpec, Net
-from search_spaces.blocks import LAYER_SCALE_INIT, init_weights, make_op
+from search_spaces.blocks import LAYER_SCALE_INIT, make_op
+from search_spaces.families import get_family
 from search_spaces.spaces import SearchSpace
 from supernet.mixed import SAMPLINGS, MixedOp
 
@@ -38,9 +39,8 @@ class Supernet(nn.Module):
             return MixedOp(ops, list(names))
 
         self.net = Net(space.macro, layer_fn, drop_path_rate)
-        if space.macro.family == "quadra":
-            init_weights(self.net)
-        for m in self.mixed_ops():  # init_weights leaves the logits alone, but be explicit
+        get_family(space.macro.family).init(self.net)
+        for m in self.mixed_ops():  # the family's init leaves the logits alone, but be explicit
             nn.init.normal_(m.alpha, 0.0, 1e-3)
 
     def mixed_ops(self) -> list[MixedOp]:
