@@ -8,7 +8,7 @@ the profile and the predictor version, and rebuilt when any of them changes.
     python -m latency.lut device=vpu [search_space=quadra] [rebuild=true]
 
 ``rebuild=true`` builds the table again even when it is cached, e.g. a measured ``host`` table after
-the machine's load changed. Booleans are ``true`` or ``false`` (any case), as in the Hydra entry points.
+the machine's load changed. A thin Hydra app (``conf/tools/lut.yaml``; ``--help`` lists the options).
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import hydra
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from latency.base import Latency, Predictor
@@ -168,61 +170,19 @@ def get_table(space: SearchSpace, profile: DeviceProfile | str, predictor: Predi
     return table
 
 
-TRUE_WORDS, FALSE_WORDS = ("true",), ("false",)  # as Hydra and nas.config read booleans: no yes/no/1/0
+def run(cfg: DictConfig) -> int:
+    """Print the table ``cfg`` names (``conf/tools/lut.yaml``); a bad value is one line on stderr, exit 2."""
+    from search_spaces.spaces import get_space
 
-
-def parse_bool(key: str, value: str) -> bool:
-    """``true`` or ``false``, any case; anything else is a one-line error."""
-    v = value.strip().lower()
-    if v in TRUE_WORDS or v in FALSE_WORDS:
-        return v in TRUE_WORDS
-    raise ValueError(f"{key}={value} is invalid; valid: {', '.join(TRUE_WORDS + FALSE_WORDS)}")
-
-
-def wants_help(argv: list[str]) -> bool:
-    return any(a in ("-h", "--help") for a in argv)
-
-
-def usage(prog: str, doc: str | None, allowed: dict[str, str]) -> str:
-    """Usage text for a ``key=value`` command: the module docstring and the options."""
-    lines = [f"usage: {prog} " + " ".join(f"[{k}=<{d}>]" for k, d in allowed.items()), ""]
-    if doc:
-        lines += [doc.strip(), ""]
-    lines += ["options:"] + [f"  {k}=<{d}>" for k, d in allowed.items()]
-    return "\n".join(lines)
-
-
-def parse_overrides(argv: list[str], allowed: dict[str, str]) -> dict[str, str]:
-    """``key=value`` arguments (Hydra style) with clear errors."""
-    out = {}
-    for a in argv:
-        k, sep, v = a.partition("=")
-        if not sep or k not in allowed:
-            raise ValueError(f"bad argument {a!r}; valid: " + ", ".join(f"{k}=<{d}>" for k, d in allowed.items())
-                             + " (--help for usage)")
-        out[k] = v
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    from latency.profiles import profile_names
-    from search_spaces.spaces import SPACES, get_space
-
-    argv = sys.argv[1:] if argv is None else argv
-    allowed = {"device": "|".join(profile_names()), "search_space": "|".join(SPACES),
-               "rebuild": "|".join(TRUE_WORDS + FALSE_WORDS)}
-    if wants_help(argv):
-        print(usage("python -m latency.lut", __doc__, allowed))
-        return 0
     try:
-        args = parse_overrides(argv, allowed)
-        profile = load_profile(args.get("device", "vpu"))
-        space = get_space(args.get("search_space", "quadra"))
-        rebuild = parse_bool("rebuild", args.get("rebuild", "false"))
+        profile = load_profile(str(cfg.device))
+        space = get_space(str(cfg.search_space))
+        if not isinstance(cfg.rebuild, bool):  # Hydra reads true/false in any case as booleans
+            raise ValueError(f"rebuild={cfg.rebuild} is invalid; valid: true, false")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    table = get_table(space, profile, rebuild=rebuild)
+    table = get_table(space, profile, rebuild=cfg.rebuild)
     lo, hi = table.range_ms()
     pd.set_option("display.width", 200)
     print(f"Latency table (ms) for space '{space.name}' on {profile.name} ({profile.description}), "
@@ -235,5 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@hydra.main(version_base=None, config_path="pkg://conf.tools", config_name="lut")
+def main(cfg: DictConfig) -> None:
+    code = run(cfg)
+    if code:
+        sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

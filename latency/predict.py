@@ -6,7 +6,8 @@ For each profile: the lookup-table sum (what the search optimised) and the whole
 priced by the same backend at the profile's deployment shape. ``format=table`` (the default) prints
 a table for people; ``format=json`` prints a JSON list of rows and ``format=csv`` a CSV with a header,
 one row per device with the columns arch, device, table_ms, whole_net_ms, predictor, provenance,
-error_note (table_ms is null / empty for an architecture outside every search space).
+error_note (table_ms is null / empty for an architecture outside every search space). A thin Hydra
+app (``conf/tools/predict.yaml``; ``--help`` lists the options).
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import json
 import sys
 from typing import TextIO
 
-from latency.lut import deployment_space, get_table, parse_overrides, usage, wants_help
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from latency.lut import deployment_space, get_table
 from latency.profiles import load_profile, profile_names, resolve_predictor
 from search_spaces.arch import Arch, ArchError, build_net
 from search_spaces.spaces import space_of
@@ -71,27 +75,28 @@ def write_rows(rows: list[dict], arch_path: str, arch: Arch, fmt: str, out: Text
         writer.writerows(records)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    allowed = {"arch": "PATH/arch.json (required)", "device": "all|" + "|".join(profile_names()),
-               "format": "|".join(FORMATS)}
-    if wants_help(argv):
-        print(usage("python -m latency.predict", __doc__, allowed))
-        return 0
+def run(cfg: DictConfig) -> int:
+    """Print the rows ``cfg`` asks for (``conf/tools/predict.yaml``); a bad value is one line on stderr, exit 2."""
     try:
-        args = parse_overrides(argv, allowed)
-        fmt = parse_format(args.get("format", FORMATS[0]))
-        if "arch" not in args:
+        if OmegaConf.is_missing(cfg, "arch"):
             raise ValueError("missing arch=PATH/arch.json")
-        arch = Arch.load(args["arch"])
-        device = args.get("device", "all")
+        fmt = parse_format(str(cfg.format))
+        arch = Arch.load(str(cfg.arch))
+        device = str(cfg.device)
         devices = profile_names() if device == "all" else [load_profile(device).name]
     except (ValueError, ArchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_rows(predict_rows(arch, devices), args["arch"], arch, fmt, sys.stdout)
+    write_rows(predict_rows(arch, devices), str(cfg.arch), arch, fmt, sys.stdout)
     return 0
 
 
+@hydra.main(version_base=None, config_path="pkg://conf.tools", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    code = run(cfg)
+    if code:
+        sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,6 +1,19 @@
-import pytest
+import subprocess
+import sys
+from pathlib import Path
 
-from latency import lut, predict
+import pytest
+from hydra import compose, initialize_config_module
+
+from latency import lut
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tool_cfg(name: str, *overrides: str):
+    """The config ``python -m latency.<name> OVERRIDES`` runs with (``conf/tools/<name>.yaml``)."""
+    with initialize_config_module("conf.tools", version_base=None):
+        return compose(name, overrides=list(overrides))
 
 
 class _Built(Exception):
@@ -23,26 +36,31 @@ def rebuild_calls(monkeypatch):
                                            ("False", False)])
 def test_rebuild_accepts_true_or_false(rebuild_calls, word, expected):
     with pytest.raises(_Built):
-        lut.main(["device=vpu", f"rebuild={word}"])
+        lut.run(tool_cfg("lut", "device=vpu", f"rebuild={word}"))
     assert rebuild_calls == [expected]
 
 
 def test_rebuild_rejects_other_values_in_one_line(rebuild_calls, capsys):
     for bad in ("yes", "no", "1", "0", "maybe", "", "y e s"):
-        assert lut.main(["device=vpu", f"rebuild={bad}"]) == 2
+        assert lut.run(tool_cfg("lut", "device=vpu", f"rebuild={bad}")) == 2
         err = capsys.readouterr().err
         assert err == f"error: rebuild={bad} is invalid; valid: true, false\n"
     assert rebuild_calls == []  # nothing was built
 
 
-@pytest.mark.parametrize("module,keys", [(lut, ("device=", "search_space=", "rebuild=")),
-                                         (predict, ("arch=", "device=", "format=", "table|json|csv"))])
-@pytest.mark.parametrize("flag", ["--help", "-h"])
-def test_help_prints_usage(module, keys, flag, capsys, rebuild_calls):
-    assert module.main([flag]) == 0
-    out, err = capsys.readouterr()
-    assert out.startswith("usage: python -m latency.") and err == ""
+def test_unknown_device_is_one_line(rebuild_calls, capsys):
+    assert lut.run(tool_cfg("lut", "device=tpu")) == 2
+    assert capsys.readouterr().err == "error: unknown device 'tpu'; valid: cpu, gpu, host, vpu\n"
+
+
+@pytest.mark.parametrize("module,keys", [("lut", ("device=", "search_space=", "rebuild=")),
+                                         ("predict", ("arch=", "device=", "format=", "json", "csv"))])
+def test_help_lists_the_options_and_makes_no_folder(module, keys, tmp_path):
+    done = subprocess.run([sys.executable, "-m", f"latency.{module}", "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith(f"python -m latency.{module} ")
     for key in keys:
-        assert key in out
-    assert "vpu" in out and "host" in out  # device names come from the shipped profiles
-    assert rebuild_calls == []
+        assert key in done.stdout
+    assert "vpu" in done.stdout and "host" in done.stdout
+    assert not any(tmp_path.iterdir())  # a print-only tool: no outputs/ folder, no .hydra

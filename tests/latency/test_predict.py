@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from latency.predict import COLUMNS, main, predict_rows
+from latency.predict import COLUMNS, predict_rows, run
 from search_spaces.spaces import get_space
+from tests.latency.test_lut_cli import tool_cfg
+
+
+def main(argv: list[str]) -> int:
+    """``python -m latency.predict ARGV`` in-process."""
+    return run(tool_cfg("predict", *argv))
 
 
 def test_predict_prints_every_profile_with_provenance(tmp_path, capsys):
