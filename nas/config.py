@@ -593,12 +593,28 @@ def _looks_typed(text: str) -> bool:
 
 
 # -- Hydra glue -----------------------------------------------------------------------------------
+def path_safe(name: str) -> str:
+    """A sweep's ``override_dirname`` as one folder name: no brackets, quotes, spaces or slashes
+    (``search_space.kernels=[3,5],latency=20ms`` -> ``search_space.kernels=3-5,latency=20ms``)."""
+    out = []
+    for part in name.split(","):
+        if "=" not in part and out:  # the tail of a list value split at its commas
+            out[-1] += "-" + part
+        else:
+            out.append(part)
+    return ",".join(p.translate(str.maketrans({"[": "", "]": "", "'": "", '"': "", " ": "", "/": "_"}))
+                    for p in out)
+
+
 class CheckConfig(Callback):
     """Hydra callback (``hydra.callbacks.check_config``): check the composed config before the run folder
     is created; on a bad value print ``error: ...`` and exit with :data:`USAGE_EXIT`."""
 
     def __init__(self, entry: str) -> None:
         self.entry = entry
+        # Hydra makes this callback before any run or sweep folder: the configs' sweep subdir can use it
+        if not OmegaConf.has_resolver("path_safe"):
+            OmegaConf.register_new_resolver("path_safe", path_safe)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:

@@ -203,3 +203,20 @@ def test_two_process_ddp_exports_the_same_architecture(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     meta = json.loads((tmp_path / "arch.json").read_text())["metadata"]
     assert meta["search"]["world_size"] == 2 and meta["ranks_agree"] is True
+
+
+@pytest.mark.slow
+def test_sweep_folders_name_what_changed_without_brackets(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = subprocess.run([sys.executable, "-m", "nas.search", "-m", *FAST, *ONE, "train.batch_size=128",
+                        "search_space.kernels=[3,5]", "latency=20ms,30ms", f"hydra.sweep.dir={sweep}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    names = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    # threads, log_devices and results_csv change nothing found, so they are left out of the names
+    assert len(names) == 2 and all("search_space.kernels=3-5," in n for n in names), names
+    assert ["latency=20ms" in names[0], "latency=30ms" in names[1]] == [True, True]
+    assert not any(c in n for n in names for c in "[]/ ") and not any(k in n for n in names
+                                                                     for k in ("threads", "log_devices", "results_csv"))
+    for name in names:
+        assert Arch.load(sweep / name / "arch.json").metadata["config"]["search_space"]["kernels"] == [3, 5]
