@@ -53,7 +53,6 @@ the QuadraNet paper (Table III) reports 1.7-2.9 ms on an A100 for mobile-size mo
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import functools
 import hashlib
@@ -64,8 +63,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hydra
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
 from torch import nn
 
 from latency.base import STANDIN, Latency
@@ -278,7 +279,7 @@ def load_standin(device_key: str, constants_path: str | Path | None = None) -> S
     try:
         dev = constants["devices"][device_key]
     except KeyError:
-        raise ValueError(f"{path} has no constants for {device_key!r}; run `python -m latency.standin fit`") \
+        raise ValueError(f"{path} has no constants for {device_key!r}; run `python -m latency.standin cmd=fit`") \
             from None
     coef = {name: float(dev["coefficients"][name]) for name in FEATURES}
     return StandinPredictor(device_key=device_key, coefficients=coef, error_note=_error_note(dev["loo"]),
@@ -471,25 +472,32 @@ def _print_report(constants_path: Path, reference_csv: Path | None) -> None:
     print("  a100                       uncalibrated roofline (not fitted)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m latency.standin", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p_fit = sub.add_parser("fit", help="refit and write the constants file")
-    p_fit.add_argument("--csv", type=Path, default=None, help="reference CSV (default: packaged copy)")
-    p_fit.add_argument("--out", type=Path, default=CONSTANTS_PATH)
-    p_rep = sub.add_parser("report", help="per-model table and LOO summary of the constants file")
-    p_rep.add_argument("--csv", type=Path, default=None)
-    p_rep.add_argument("--constants", type=Path, default=CONSTANTS_PATH)
-    args = parser.parse_args(argv)
-    if args.cmd == "fit":
-        constants, report = fit_standins(args.csv)
-        out = write_constants(constants, args.out)
+CMDS = ("report", "fit")
+
+
+def run(cfg: DictConfig) -> int:
+    """``cmd=report`` or ``cmd=fit`` (``conf/tools/standin.yaml``); a bad value is one line on stderr, exit 2."""
+    if cfg.cmd not in CMDS:
+        print(f"error: cmd={cfg.cmd} is invalid; valid: {', '.join(CMDS)}", file=sys.stderr)
+        return 2
+    csv = Path(cfg.csv) if cfg.csv else None
+    constants = Path(cfg.constants) if cfg.constants else CONSTANTS_PATH
+    if cfg.cmd == "fit":
+        fitted, report = fit_standins(csv)
+        out = write_constants(fitted, constants)
         print(loo_summary(report).to_string(index=False, float_format=lambda v: f"{v:.1f}"))
         print(f"wrote {out}")
     else:
-        _print_report(args.constants, args.csv)
+        _print_report(constants, csv)
     return 0
 
 
+@hydra.main(version_base=None, config_path="pkg://conf.tools", config_name="standin")
+def main(cfg: DictConfig) -> None:
+    code = run(cfg)
+    if code:
+        sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -25,9 +25,10 @@ from latency.standin import (
     fit_standins,
     load_standin,
     loo_summary,
-    main,
     read_reference,
+    run,
 )
+from tests.latency.test_lut_cli import tool_cfg
 
 A76, VPU = "cortexA76cpu_tflite21", "myriadvpu_openvino2019r2"
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,7 +146,7 @@ def test_cli_fit_writes_constants_atomically(tmp_path):
     csv = tmp_path / "ref.csv"
     sub.to_csv(csv, index=False)
     out = tmp_path / "c.json"
-    assert main(["fit", "--csv", str(csv), "--out", str(out)]) == 0
+    assert run(tool_cfg("standin", "cmd=fit", f"csv={csv}", f"constants={out}")) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "ref.csv"]  # no temp file left behind
     written = json.loads(out.read_text())
     assert written["fitted_from"] == "ref.csv" and set(written["devices"]) == set(FITTED_DEVICES)
@@ -272,3 +273,13 @@ def test_committed_constants_reproduce_reference():
         ours = pred.module_ms(build("mobilenetv2"), (1, 3, 224, 224)).ms
         nnm = float(ref[(ref.model_name == "mobilenetv2") & (ref.predictor == key)].latency.iloc[0])
         assert abs(ours - nnm) / nnm < 0.15
+
+
+def test_cli_fits_to_a_named_file_and_reports_it(tmp_path, capsys):
+    out = tmp_path / "constants.json"
+    assert run(tool_cfg("standin", "cmd=fit", f"constants={out}")) == 0
+    assert f"wrote {out}" in capsys.readouterr().out and json.loads(out.read_text())
+    assert run(tool_cfg("standin", f"constants={out}")) == 0  # cmd=report is the default
+    assert "LOO MAPE" in capsys.readouterr().out
+    assert run(tool_cfg("standin", "cmd=refit")) == 2
+    assert capsys.readouterr().err == "error: cmd=refit is invalid; valid: report, fit\n"
