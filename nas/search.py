@@ -296,6 +296,9 @@ def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info:
             a_loss, ce = arch_step(model, st.a_opt, st.loss_fn, xv, yv, st.lut(setup), setup.table.fixed_ms,
                                    all_reduce_mean_ if dist_info.enabled else None)
             _check_finite(a_loss, "architecture loss", cfg, epoch, st, run_dir)
+            # a finite loss can still leave non-finite logits (gradients through non-finite weights)
+            _check_finite(torch.stack([a.detach().abs().max() for a in model.arch_parameters()]).max(),
+                          "largest architecture logit", cfg, epoch, st, run_dir)
             st.loss_fn.update(export_ms(model, st.lut(setup), setup.table.fixed_ms))
             st.arch_steps += 1
             stats["arch_loss"].append(a_loss.item())
