@@ -593,6 +593,9 @@ def _looks_typed(text: str) -> bool:
 
 
 # -- Hydra glue -----------------------------------------------------------------------------------
+_PATH_UNSAFE = str.maketrans({"[": "", "]": "", "'": "", '"': "", " ": "", "/": "_"})
+
+
 def path_safe(name: str) -> str:
     """A sweep's ``override_dirname`` as one folder name: no brackets, quotes, spaces or slashes
     (``search_space.kernels=[3,5],latency=20ms`` -> ``search_space.kernels=3-5,latency=20ms``)."""
@@ -602,8 +605,7 @@ def path_safe(name: str) -> str:
             out[-1] += "-" + part
         else:
             out.append(part)
-    return ",".join(p.translate(str.maketrans({"[": "", "]": "", "'": "", '"': "", " ": "", "/": "_"}))
-                    for p in out)
+    return ",".join(p.translate(_PATH_UNSAFE) for p in out)
 
 
 class CheckConfig(Callback):

@@ -219,20 +219,32 @@ def build_state(cfg: DictConfig, setup: Setup) -> State:
     return State(model, w_opt, a_opt, loss_fn, torch.Generator().manual_seed(cfg.seed), luts, pool)
 
 
+def band_ms(cfg: DictConfig, setup: Setup) -> tuple[float, float]:
+    """The band an export must land in: ``[derive.min_fraction * T, T]`` on the search device."""
+    return float(cfg.derive.min_fraction) * setup.target_ms, setup.target_ms
+
+
+def draw_in_band(cfg: DictConfig, setup: Setup, model: Supernet, n: int,
+                 layer_probs: list[list[float]] | None = None) -> list[tuple[str, ...]]:
+    """Up to ``n`` distinct architectures (at least one, else :class:`EmptyBand`) in :func:`band_ms`, drawn
+    with the random baseline's distribution (:mod:`search_spaces.sampling`; ``layer_probs`` mixes in a
+    learned one); deterministic in the seed. At most 2M draws: ~1 s for a rare band."""
+    lo, hi = band_ms(cfg, setup)
+    return sample_in_band([m.names for m in model.mixed_ops()], setup.table.layer_ms(), setup.table.fixed_ms, lo,
+                          hi, n, seed=cfg.seed, layer_probs=layer_probs, max_draws=2_000_000, at_least=1)
+
+
 def band_pool(cfg: DictConfig, setup: Setup, model: Supernet) -> list[tuple[str, ...]] | None:
     """``train.sampling=band``: the architectures weight steps draw from (deterministic in the seed);
     None, with a warning, when the band holds none (weight steps then draw uniformly per layer)."""
-    t, lo = setup.target_ms, float(cfg.derive.min_fraction) * setup.target_ms
-    names = [m.names for m in model.mixed_ops()]
     try:
-        pool = sample_in_band(names, setup.table.layer_ms(), setup.table.fixed_ms, lo, t, BAND_POOL, seed=cfg.seed,
-                              max_draws=2_000_000, at_least=1)  # as select's candidates: ~1 s for a rare band
+        pool = draw_in_band(cfg, setup, model, BAND_POOL)
     except EmptyBand as e:
         log.warning("train.sampling=band: %s; weight steps draw uniformly per layer instead", e)
         return None
     blocks = [sum(c not in SKIP_OPS for c in a) for a in pool]
     log.info("train.sampling=band: weight steps draw from %d architectures in [%.3f, %.3f] ms on %s (%d-%d blocks)",
-             len(pool), lo, t, setup.device, min(blocks), max(blocks))
+             len(pool), *band_ms(cfg, setup), setup.device, min(blocks), max(blocks))
     return pool
 
 
@@ -353,7 +365,7 @@ def derive_choices(cfg: DictConfig, setup: Setup, st: State) -> tuple[list[str],
     model, table, t = st.model, setup.table, setup.target_ms
     names = [m.names for m in model.mixed_ops()]
     log_probs = [torch.log_softmax(a.detach(), 0).tolist() for a in model.arch_parameters()]
-    method, lo = cfg.derive.method, float(cfg.derive.min_fraction) * t
+    method, (lo, _) = cfg.derive.method, band_ms(cfg, setup)
     if method == "argmax":
         return list(model.export().choices), "argmax (paper)", []
     picks = derive(log_probs, table.layer_ms(), table.fixed_ms, t, min_ms=lo)
@@ -362,9 +374,8 @@ def derive_choices(cfg: DictConfig, setup: Setup, st: State) -> tuple[list[str],
         how = "argmax" if tuple(likely) == model.export().choices else f"most likely in [{lo:.3f}, {t:.3f}] ms"
         return likely, how, []
     try:
-        drawn = sample_in_band(names, table.layer_ms(), table.fixed_ms, lo, t, int(cfg.derive.candidates),
-                               seed=cfg.seed, layer_probs=[m.probs().tolist() for m in model.mixed_ops()],
-                               max_draws=2_000_000, at_least=1)
+        drawn = draw_in_band(cfg, setup, model, int(cfg.derive.candidates),
+                             layer_probs=[m.probs().tolist() for m in model.mixed_ops()])
     except EmptyBand as e:
         log.warning("select derivation: %s; exporting the most likely architecture in the band", e)
         drawn = []

@@ -1,6 +1,7 @@
 """Helpers shared by tests."""
 
 import torch
+from hydra import compose, initialize_config_module
 from torch import nn
 
 
@@ -30,3 +31,9 @@ def scalar_tags(tb_dir) -> set[str]:
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
     return tags
+
+
+def tool_cfg(name: str, *overrides: str):
+    """The config ``python -m latency.<name> OVERRIDES`` runs with (``conf/tools/<name>.yaml``)."""
+    with initialize_config_module("conf.tools", version_base=None):
+        return compose(name, overrides=list(overrides))

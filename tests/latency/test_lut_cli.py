@@ -3,17 +3,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
 from latency import lut
+from tests.helpers import tool_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def tool_cfg(name: str, *overrides: str):
-    """The config ``python -m latency.<name> OVERRIDES`` runs with (``conf/tools/<name>.yaml``)."""
-    with initialize_config_module("conf.tools", version_base=None):
-        return compose(name, overrides=list(overrides))
 
 
 class _Built(Exception):

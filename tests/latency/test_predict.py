@@ -9,7 +9,7 @@ import pytest
 
 from latency.predict import COLUMNS, predict_rows, run
 from search_spaces.spaces import get_space
-from tests.latency.test_lut_cli import tool_cfg
+from tests.helpers import tool_cfg
 
 
 def main(argv: list[str]) -> int:

@@ -28,7 +28,7 @@ from latency.standin import (
     read_reference,
     run,
 )
-from tests.latency.test_lut_cli import tool_cfg
+from tests.helpers import tool_cfg
 
 A76, VPU = "cortexA76cpu_tflite21", "myriadvpu_openvino2019r2"
 ROOT = Path(__file__).resolve().parents[2]
