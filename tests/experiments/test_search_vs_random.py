@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from experiments import ranking, search_vs_random
+from experiments import ranking, retrain_noise, search_vs_random
 
 SEARCH = ("train.warmup_epochs=0 train.epochs=1 train.batch_size=32 log_devices=[vpu] dataset.limit=400 "
           "derive.method=select derive.candidates=2 derive.eval_images=64")
@@ -51,6 +51,23 @@ def test_benchmark_and_ranking_run_resume_and_share_retrains(tmp_path):
     table = pd.read_csv(tmp_path / "out" / "ranking_digits_tiny.csv")
     assert len(table) == 3 and table.supernet_top1.between(0, 1).all() and table.retrained_top1.between(0, 1).all()
     assert "Kendall tau" in (tmp_path / "out" / "ranking_digits_tiny.md").read_text()
+
+    # retrain noise: the same draws and export, a second seed each; the seed-0 retrains are reused
+    assert retrain_noise.main([*common, "--point", "vpu:30ms", "--k", "3", "--seeds", "0,1", "--variant", "tiny",
+                               "--search-seeds", "0"]) == 0
+    assert len(sorted((tmp_path / "runs" / "retrain").glob("*/*/results.json"))) == n_retrains + 4
+    noise = pd.read_csv(tmp_path / "out" / "retrain_noise_digits_vpu-30ms.csv")
+    assert len(noise) == 8 and sorted(noise.kind.unique()) == ["random", "searched"]
+    assert noise.groupby("arch").seed.nunique().eq(2).all()
+    assert "retrain noise" in (tmp_path / "out" / "retrain_noise_digits_vpu-30ms.md").read_text()
+
+
+def test_noise_stats_separates_seed_noise_from_architecture_differences():
+    rows = pd.DataFrame({"arch": ["a", "a", "b", "b", "c"], "top1": [0.80, 0.82, 0.90, 0.90, 0.70]})
+    stats = retrain_noise.noise_stats(rows)
+    assert stats["within_arch_std"] == pytest.approx((0.01 ** 2 * 2 / 2) ** 0.5)  # only "a" varies: 2 dof in all
+    assert stats["between_arch_means_std"] == pytest.approx(pd.Series([0.81, 0.90, 0.70]).std())
+    assert (stats["n_archs"], stats["n_retrains"]) == (3, 5)
 
 
 def test_grid_parsing_errors():

@@ -1,0 +1,113 @@
+"""How much of a benchmark's spread is retrain noise? ``python -m experiments.retrain_noise``.
+
+The same architectures of one (device, target) band are retrained with several seeds and one
+recipe (the :mod:`experiments.search_vs_random` recipe and run folders, so finished retrains are
+shared and nothing runs twice):
+
+* the benchmark's ``--k`` random draws in ``[0.9T, T]`` (the same draws, same files);
+* the exports of a search variant of that benchmark (``--variant``, its ``--search-seeds``), when
+  they exist; they are never searched here.
+
+Prints per architecture the top-1 mean +- std over ``--seeds``, then
+
+* the pooled within-architecture std (retrain noise: one architecture, other seeds);
+* the std of the architectures' seed means (what separates architectures, plus noise / n);
+* the random draws' mean with each architecture's seeds averaged, beside the single-seed mean the
+  benchmark uses, and the searched exports' mean likewise.
+
+Writes ``retrain_noise_<dataset>_<device>-<target>.csv``/``.md`` into ``--out``. Resumable: rerun
+the same command; ``--report-only`` only reads finished retrains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from experiments.markdown import md_table
+from experiments.search_vs_random import DEFAULT_RECIPE, INPUT, ROOT, parse_grid, random_archs, retrain_run
+from search_spaces.arch import Arch
+from search_spaces.io import atomic_write_text
+
+
+def noise_stats(rows: pd.DataFrame) -> dict[str, float]:
+    """Pooled within-architecture std and the std of the per-architecture means (top-1, fractions)."""
+    groups = [g.top1.to_numpy() for _, g in rows.groupby("arch")]
+    dof = sum(len(g) - 1 for g in groups)
+    within = float(np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)) if dof else float("nan")
+    means = np.array([g.mean() for g in groups])
+    between = float(means.std(ddof=1)) if len(means) > 1 else float("nan")
+    return {"within_arch_std": within, "between_arch_means_std": between, "n_archs": len(groups),
+            "n_retrains": int(sum(len(g) for g in groups))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--point", default="vpu:30ms", help="device:target of the band [0.9T, T]")
+    p.add_argument("--k", type=int, default=5, help="random draws (the benchmark's)")
+    p.add_argument("--seeds", default="0,1,2", help="retrain seeds of every architecture")
+    p.add_argument("--variant", default="band_select", help="search variant whose exports are added ('' for none)")
+    p.add_argument("--search-seeds", default="0,1,2", help="that variant's search seeds")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE)
+    p.add_argument("--dataset", default="fashion_mnist", choices=sorted(INPUT))
+    p.add_argument("--jobs", type=int, default=2, help="processes side by side (1 thread each)")
+    p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
+    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+    p.add_argument("--report-only", action="store_true", help="statistics of finished retrains; run nothing")
+    a = p.parse_args(argv)
+    (point,) = parse_grid(a.point)
+    seeds = [int(s) for s in a.seeds.split(",") if s != ""]
+    recipe = shlex.split(a.recipe)
+    archs = [("random", i, path) for i, path in
+             enumerate(random_archs(point, a.k, a.dataset, a.root / "random" / a.dataset / point.tag))]
+    if a.variant:
+        for s in (int(s) for s in a.search_seeds.split(",") if s != ""):
+            path = a.root / "search" / a.dataset / a.variant / point.tag / f"seed{s}" / "arch.json"
+            if path.exists():
+                archs.append(("searched", s, path))
+            else:
+                print(f"note: {path} does not exist (not searched here); skipped", file=sys.stderr)
+    jobs = [(kind, idx, path, seed) for kind, idx, path in archs for seed in seeds]
+    with ThreadPoolExecutor(a.jobs) as pool:
+        results = list(pool.map(lambda j: retrain_run(j[2], j[3], recipe, a.dataset, a.root, not a.report_only),
+                                jobs))
+    rows = pd.DataFrame([{"kind": kind, "index": idx, "seed": seed, "top1": res["top1"],
+                          "arch": " ".join(c.replace("quadra_", "") for c in Arch.load(path).choices),
+                          "latency_ms": res["latency_ms"][point.device]["ms"]}
+                         for (kind, idx, path, seed), res in zip(jobs, results) if res is not None])
+    if rows.empty:
+        print("no finished retrains yet", file=sys.stderr)
+        return 1
+    per_arch = (rows.groupby(["kind", "index", "arch"], sort=False)
+                .agg(latency_ms=("latency_ms", "first"), mean=("top1", "mean"), std=("top1", "std"),
+                     n=("top1", "size"), first_seed=("top1", lambda t: t.iloc[0]))
+                .reset_index())
+    stats = noise_stats(rows)
+    lines = [f"# Retrain noise at {point.device} {point.target} ([0.9T, T])\n",
+             f"Recipe: `{a.recipe}`, retrain seeds {a.seeds}; the benchmark's {a.k} random draws"
+             + (f" and the `{a.variant}` exports" if a.variant else "") + ".\n",
+             f"- retrain noise (pooled std of one architecture over seeds): **{100 * stats['within_arch_std']:.2f} pt**"
+             f" ({stats['n_retrains']} retrains of {stats['n_archs']} architectures)",
+             f"- std of the architectures' seed means: {100 * stats['between_arch_means_std']:.2f} pt"]
+    for kind, g in per_arch.groupby("kind", sort=False):
+        lines.append(f"- {kind}: mean of seed means {g['mean'].mean():.4f}, mean of first-seed top-1 "
+                     f"{g.first_seed.mean():.4f} ({len(g)} architectures)")
+    show = per_arch.assign(std=per_arch["std"].fillna(float("nan")))
+    lines += ["", md_table(show[["kind", "index", "latency_ms", "mean", "std", "n", "arch"]])]
+    md = "\n".join(lines) + "\n"
+    a.out.mkdir(parents=True, exist_ok=True)
+    stem = a.out / f"retrain_noise_{a.dataset}_{point.tag}"
+    atomic_write_text(stem.with_suffix(".csv"), rows.to_csv(index=False))
+    atomic_write_text(stem.with_suffix(".md"), md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
