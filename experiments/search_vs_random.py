@@ -221,12 +221,13 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
                         "exported_ms": s.latency_ms.mean(), "used": s.latency_ms.mean() / target,
                         "searched_top1": mean, "searched_std": s.top1.std(ddof=1) if len(s) > 1 else np.nan,
                         "n_seeds": len(s), "random_top1": rnd.mean(),
-                        "random_std": rnd.std(ddof=1) if len(rnd) > 1 else np.nan, "best_random": rnd.max(),
-                        "n_random": len(rnd), "delta_vs_random_pt": 100 * (mean - rnd.mean()),
+                        "random_std": rnd.std(ddof=1) if len(rnd) > 1 else np.nan, "random_median": rnd.median(),
+                        "best_random": rnd.max(), "n_random": len(rnd), "delta_vs_random_pt": 100 * (mean - rnd.mean()),
                         "rank": int((rnd > mean).sum()) + 1})
         if g[g.kind == "searched"].empty and len(rnd):
             out.append({"device": device, "target_ms": target, "variant": "(none yet)", "random_top1": rnd.mean(),
-                        "random_std": rnd.std(ddof=1) if len(rnd) > 1 else np.nan, "best_random": rnd.max(),
+                        "random_std": rnd.std(ddof=1) if len(rnd) > 1 else np.nan, "random_median": rnd.median(),
+                        "best_random": rnd.max(),
                         "n_random": len(rnd)})
     return pd.DataFrame(out)
 
@@ -235,13 +236,14 @@ def markdown(summary: pd.DataFrame, recipe: list[str], note: str) -> str:
     lines = [f"# Searched vs random architectures at equal latency\n\nRetrain recipe: `{' '.join(recipe)}` "
              f"(+ {' '.join(BENCH_EVAL)}). Random: K draws with table latency in [0.9T, T]. {note}\n",
              "| device | target ms | variant | exported ms | searched top-1 (mean +- std, n) | random top-1 "
-             "(mean +- std, n) | best random | delta pt | rank |", "|" + "---|" * 9]
+             "(mean +- std, n) | random median | best random | delta pt | rank |", "|" + "---|" * 10]
     for r in summary.to_dict("records"):
         def f(v, fmt="{:.4f}"):
             return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
         lines.append(f"| {r['device']} | {r['target_ms']:g} | {r['variant']} | {f(r.get('exported_ms'), '{:.2f}')} | "
                      f"{f(r.get('searched_top1'))} +- {f(r.get('searched_std'))} ({f(r.get('n_seeds'), '{:.0f}')}) | "
-                     f"{f(r['random_top1'])} +- {f(r['random_std'])} ({r['n_random']:.0f}) | {f(r['best_random'])} | "
+                     f"{f(r['random_top1'])} +- {f(r['random_std'])} ({r['n_random']:.0f}) | {f(r['random_median'])} | "
+                     f"{f(r['best_random'])} | "
                      f"{f(r.get('delta_vs_random_pt'), '{:+.2f}')} | {f(r.get('rank'), '{:.0f}')} |")
     return "\n".join(lines) + "\n"
 
