@@ -3,7 +3,8 @@
 For each (device, target) of the grid and each search space (``quadra``, ``proxyless``):
 
 1. search once (seed 0) with one search recipe (``--variant``/``--search``, the same for both spaces;
-   default: the product's search defaults on 10k images with 1 warm-up + 2 search epochs, see DEFAULT_SEARCH);
+   default: the product's search defaults -- band sampling, select -- on 10k images with 1 warm-up + 2 search
+   epochs, see DEFAULT_SEARCH);
 2. retrain the export with one recipe and ``--retrain-seeds`` (default 0,1);
 3. print the paper's columns: MACs and params of the deployment network (3x224x224, 1000 classes),
    latency on cpu, vpu and gpu (table sums; each labelled with its predictor), the whole deployment
@@ -54,8 +55,10 @@ from search_spaces.spaces import space_from_config
 SPACES = ("quadra", "proxyless")
 # The search recipe of both spaces: the product defaults on 10k images, 1 warm-up + 2 search epochs. The MBConv
 # supernet (widths to 320, expansion 6) takes ~4x the quadra one per step on one CPU thread, so the README's
-# 20k-image, 1+3-epoch search would cost ~1 hour per proxyless search here.
-DEFAULT_VARIANT, DEFAULT_SEARCH = "short", "dataset.limit=10000 train.warmup_epochs=1 train.epochs=2"
+# 20k-image, 1+3-epoch search would cost ~1 hour per proxyless search here. The sampling is named although it is
+# the default: variant "short" ran before band sampling was, and a variant's folder must hold one recipe.
+DEFAULT_VARIANT = "short_band"
+DEFAULT_SEARCH = "dataset.limit=10000 train.warmup_epochs=1 train.epochs=2 train.sampling=band"
 # Table III of the QuadraNet paper (ImageNet, nn-Meter, targets 300 / 30 / 3 ms): MACs ("FLOPs"), latencies, top-1
 PAPER = {("proxyless", "cpu"): (333, 299.6, 53.1, 1.8, 72.4), ("proxyless", "vpu"): (275, 379.1, 29.9, 1.7, 72.7),
          ("proxyless", "gpu"): (1065, 1521.1, 146.1, 2.9, 74.4), ("quadra", "cpu"): (279, 299.8, 34.7, 2.1, 73.1),
