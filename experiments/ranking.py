@@ -31,8 +31,7 @@ from omegaconf import OmegaConf
 from scipy.stats import kendalltau
 
 from experiments.search_vs_random import (
-    DEFAULT_RECIPE,
-    ROOT,
+    add_run_args,
     parse_grid,
     random_archs,
     retrain_run,
@@ -76,12 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", default="default", help="search variant whose supernet is scored")
     p.add_argument("--search", default="", help="nas.search overrides of that variant (as in the benchmark)")
     p.add_argument("--point", default="vpu:30ms", help="which search of the variant (seed 0) holds the supernet")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE)
-    p.add_argument("--dataset", default="fashion_mnist")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
-    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
-    p.add_argument("--report-only", action="store_true", help="tau over the finished retrains; run nothing")
+    add_run_args(p, "tau over the finished retrains; run nothing")
     a = p.parse_args(argv)
     set_threads(1)
     recipe = shlex.split(a.recipe)

@@ -26,13 +26,12 @@ import argparse
 import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from experiments.markdown import md_table
-from experiments.search_vs_random import DEFAULT_RECIPE, INPUT, ROOT, parse_grid, random_archs, retrain_run
+from experiments.search_vs_random import add_run_args, parse_grid, parse_seeds, random_archs, retrain_run
 from search_spaces.arch import Arch
 from search_spaces.io import atomic_write_text
 
@@ -55,20 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2", help="retrain seeds of every architecture")
     p.add_argument("--variant", default="band_select", help="search variant whose exports are added ('' for none)")
     p.add_argument("--search-seeds", default="0,1,2", help="that variant's search seeds")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE)
-    p.add_argument("--dataset", default="fashion_mnist", choices=sorted(INPUT))
-    p.add_argument("--jobs", type=int, default=2, help="processes side by side (1 thread each)")
-    p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
-    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
-    p.add_argument("--report-only", action="store_true", help="statistics of finished retrains; run nothing")
+    add_run_args(p, "statistics of finished retrains; run nothing")
     a = p.parse_args(argv)
     (point,) = parse_grid(a.point)
-    seeds = [int(s) for s in a.seeds.split(",") if s != ""]
+    seeds = parse_seeds(a.seeds)
     recipe = shlex.split(a.recipe)
     archs = [("random", i, path) for i, path in
              enumerate(random_archs(point, a.k, a.dataset, a.root / "random" / a.dataset / point.tag))]
     if a.variant:
-        for s in (int(s) for s in a.search_seeds.split(",") if s != ""):
+        for s in parse_seeds(a.search_seeds):
             path = a.root / "search" / a.dataset / a.variant / point.tag / f"seed{s}" / "arch.json"
             if path.exists():
                 archs.append(("searched", s, path))

@@ -90,6 +90,22 @@ def parse_grid(text: str) -> list[Point]:
     return points
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (empty items ignored)."""
+    return [int(s) for s in text.split(",") if s != ""]
+
+
+def add_run_args(p: argparse.ArgumentParser, report_only_help: str) -> None:
+    """The options every benchmark that retrains through :func:`retrain_run` shares: recipe, dataset,
+    side-by-side jobs, run folders, output folder and ``--report-only``."""
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="nas.retrain overrides shared by all retrains")
+    p.add_argument("--dataset", default="fashion_mnist", choices=sorted(INPUT))
+    p.add_argument("--jobs", type=int, default=2, help="processes side by side (1 thread each)")
+    p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
+    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+    p.add_argument("--report-only", action="store_true", help=report_only_help)
+
+
 def _key(*parts: str) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
 
@@ -280,21 +296,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1", help="search seeds (each export retrained with that seed)")
     p.add_argument("--variant", default="default", help="name of the search variant (folder name)")
     p.add_argument("--search", default="", help="nas.search overrides of this variant")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="nas.retrain overrides shared by all retrains")
-    p.add_argument("--dataset", default="fashion_mnist", choices=sorted(INPUT))
-    p.add_argument("--jobs", type=int, default=2, help="processes side by side (1 thread each)")
-    p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
-    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+    add_run_args(p, "tables from finished runs; run nothing")
     p.add_argument("--supernet-from", default=None, metavar="VARIANT",
                    help="derive this variant from VARIANT's finished supernets (--search may change only derive.*)")
     p.add_argument("--no-search", action="store_true", help="only the random draws and their retrains")
     p.add_argument("--no-random", action="store_true",
                    help="only the searches and their retrains; the random rows come from --out's CSV (their "
                         "1-thread retrains are deterministic, so with the same --recipe they would repeat)")
-    p.add_argument("--report-only", action="store_true", help="tables from finished runs; run nothing")
     a = p.parse_args(argv)
     points = parse_grid(a.grid)
-    seeds = [int(s) for s in a.seeds.split(",") if s != ""]
+    seeds = parse_seeds(a.seeds)
     recipe, overrides = shlex.split(a.recipe), shlex.split(a.search)
     variant_dir = a.root / "search" / a.dataset / a.variant
     claim_variant(variant_dir, overrides)

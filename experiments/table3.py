@@ -37,12 +37,12 @@ import pandas as pd
 
 from experiments.markdown import md_table
 from experiments.search_vs_random import (
-    DEFAULT_RECIPE,
-    INPUT,
     ROOT,
     Point,
+    add_run_args,
     claim_variant,
     parse_grid,
+    parse_seeds,
     retrain_run,
     search_run,
     space_cfg,
@@ -180,17 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", default="vpu:30ms,cpu:30ms,gpu:1ms")
     p.add_argument("--variant", default=DEFAULT_VARIANT, help="name of the search recipe (folder name)")
     p.add_argument("--search", default=DEFAULT_SEARCH, help="nas.search overrides of the recipe (both spaces)")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="nas.retrain overrides")
     p.add_argument("--retrain-seeds", default="0,1")
     p.add_argument("--spaces", default=",".join(SPACES), help="run only these spaces (the tables show all finished)")
-    p.add_argument("--dataset", default="fashion_mnist", choices=sorted(INPUT))
-    p.add_argument("--jobs", type=int, default=2, help="processes side by side (1 thread each)")
-    p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
-    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
-    p.add_argument("--report-only", action="store_true", help="tables from finished runs; run nothing")
+    add_run_args(p, "tables from finished runs; run nothing")
     a = p.parse_args(argv)
     points = parse_grid(a.grid)
-    seeds = [int(s) for s in a.retrain_seeds.split(",") if s != ""]
+    seeds = parse_seeds(a.retrain_seeds)
     recipe, search = shlex.split(a.recipe), shlex.split(a.search)
     dirs = {}
     for space in SPACES:
