@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(a.jobs) as pool:
         results = list(pool.map(lambda j: retrain_run(j[2], j[3], recipe, a.dataset, a.root, not a.report_only),
                                 jobs))
-    rows = pd.DataFrame([{"kind": kind, "index": idx, "seed": seed, "top1": res["top1"],
-                          "arch": " ".join(c.replace("quadra_", "") for c in Arch.load(path).choices),
+    names = {path: " ".join(c.replace("quadra_", "") for c in Arch.load(path).choices) for _, _, path in archs}
+    rows = pd.DataFrame([{"kind": kind, "index": idx, "seed": seed, "top1": res["top1"], "arch": names[path],
                           "latency_ms": res["latency_ms"][point.device]["ms"]}
                          for (kind, idx, path, seed), res in zip(jobs, results) if res is not None])
     if rows.empty:
