@@ -42,7 +42,7 @@ from nas.data import make_loader
 from nas.loops import DistInfo, evaluate, set_threads
 from nas.search import build_state, prepare
 from search_spaces.arch import Arch
-from search_spaces.io import atomic_write_text
+from search_spaces.io import atomic_save_figure, atomic_write_text
 
 
 def supernet_scores(run_dir: Path, archs: list[Arch], eval_images: int | None = None) -> list[float]:
@@ -135,8 +135,7 @@ def _plot(rows: pd.DataFrame, overall: float, path: Path) -> None:
     lo, hi = np.nanmin(rows.retrained_top1), np.nanmax(rows.retrained_top1)
     ax.set_ylim(lo - 0.1 * (hi - lo + 1e-3), hi + 0.1 * (hi - lo + 1e-3))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    atomic_save_figure(fig, path)
 
 
 if __name__ == "__main__":

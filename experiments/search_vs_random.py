@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from experiments.plots import device_panels
 from latency.lut import get_table
 from latency.units import parse_latency_ms
 from search_spaces.arch import Arch
@@ -265,27 +266,19 @@ def markdown(summary: pd.DataFrame, recipe: list[str], note: str) -> str:
 
 
 def plot(rows: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    devices = list(dict.fromkeys(rows.device))
-    fig, axes = plt.subplots(1, len(devices), figsize=(4.2 * len(devices), 3.6), squeeze=False)
-    for ax, device in zip(axes[0], devices):
-        g = rows[rows.device == device]
-        r = g[g.kind == "random"]
-        ax.scatter(r.latency_ms, r.top1, c="0.6", marker="o", label="random in [0.9T, T]")
-        for variant, s in g[g.kind == "searched"].groupby("variant"):
-            ax.scatter(s.latency_ms, s.top1, marker="*", s=120, label=f"searched: {variant}")
-        for t in sorted(set(g.target_ms)):
-            ax.axvline(t, color="k", lw=0.6, ls=":")
-        ax.set_title(f"{device} ({g.predictor.iloc[0]})", fontsize=8)
-        ax.set_xlabel(f"table latency on {device} (ms)")
-        ax.set_ylabel("retrained test top-1")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with device_panels(list(dict.fromkeys(rows.device)), path) as panels:
+        for ax, device in panels:
+            g = rows[rows.device == device]
+            r = g[g.kind == "random"]
+            ax.scatter(r.latency_ms, r.top1, c="0.6", marker="o", label="random in [0.9T, T]")
+            for variant, s in g[g.kind == "searched"].groupby("variant"):
+                ax.scatter(s.latency_ms, s.top1, marker="*", s=120, label=f"searched: {variant}")
+            for t in sorted(set(g.target_ms)):
+                ax.axvline(t, color="k", lw=0.6, ls=":")
+            ax.set_title(f"{device} ({g.predictor.iloc[0]})", fontsize=8)
+            ax.set_xlabel(f"table latency on {device} (ms)")
+            ax.set_ylabel("retrained test top-1")
+            ax.legend(fontsize=7)
 
 
 # -- driver ---------------------------------------------------------------------------------

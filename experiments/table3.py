@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.markdown import md_table
+from experiments.plots import device_panels
 from experiments.search_vs_random import (
     ROOT,
     Point,
@@ -154,25 +155,18 @@ def markdown(table: pd.DataFrame, ranges: pd.DataFrame, recipe: list[str], searc
 
 
 def plot(table: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    devices = list(dict.fromkeys(table.device))
-    fig, axes = plt.subplots(1, len(devices), figsize=(4.2 * len(devices), 3.6), squeeze=False)
-    for ax, device in zip(axes[0], devices):
-        g = table[table.device == device]
-        for space, marker in zip(SPACES, ("*", "o")):
-            s = g[g.space == space]
-            ax.errorbar(s[f"{device}_ms"], s.top1_mean, yerr=s.top1_std.fillna(0), fmt=marker, ms=10, capsize=3,
-                        label=space)
-        ax.axvline(g.target_ms.iloc[0], color="k", lw=0.6, ls=":")
-        ax.set_title(f"{device} ({g[f'{device}_predictor'].iloc[0]})", fontsize=8)
-        ax.set_xlabel(f"{device} latency (ms, table)")
-        ax.set_ylabel("retrained top-1")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with device_panels(list(dict.fromkeys(table.device)), path, dpi=110) as panels:
+        for ax, device in panels:
+            g = table[table.device == device]
+            for space, marker in zip(SPACES, ("*", "o")):
+                s = g[g.space == space]
+                ax.errorbar(s[f"{device}_ms"], s.top1_mean, yerr=s.top1_std.fillna(0), fmt=marker, ms=10,
+                            capsize=3, label=space)
+            ax.axvline(g.target_ms.iloc[0], color="k", lw=0.6, ls=":")
+            ax.set_title(f"{device} ({g[f'{device}_predictor'].iloc[0]})", fontsize=8)
+            ax.set_xlabel(f"{device} latency (ms, table)")
+            ax.set_ylabel("retrained top-1")
+            ax.legend(fontsize=7)
 
 
 def main(argv: list[str] | None = None) -> int:

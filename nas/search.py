@@ -76,7 +76,7 @@ from nas.report import append_results_row
 from nas.steps import arch_step, export_ms, lut_tensors, weight_step
 from search_spaces.arch import Arch, build_net
 from search_spaces.blocks import SKIP_OPS
-from search_spaces.io import atomic_write_text
+from search_spaces.io import atomic_save_figure, atomic_write_text
 from search_spaces.sampling import EmptyBand, sample_in_band
 from search_spaces.spaces import SearchSpace, space_from_config
 from search_spaces.summary import count_macs, count_params
@@ -454,10 +454,7 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
                         "fits the band [%.0f%%, 100%%]", 100 * used, target_ms, latency[device]["ms"],
                         100 * cfg.derive.min_fraction)
         atomic_write_text(run_dir / "history.csv", pd.DataFrame(st.history).to_csv(index=False))
-        import matplotlib.pyplot as plt
-        fig = _heatmap(model)
-        fig.savefig(run_dir / "probabilities.png", dpi=100)
-        plt.close(fig)
+        atomic_save_figure(_heatmap(model), run_dir / "probabilities.png")
         arch.save(run_dir / "arch.json")
         if cfg.results_csv:
             append_results_row(Path(cfg.results_csv), _results_row(arch, run_dir))

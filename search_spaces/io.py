@@ -144,3 +144,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Render a matplotlib figure (format from the suffix) and write it atomically, then close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

@@ -172,3 +172,23 @@ def test_concurrent_writer_keeps_its_temp_file(tmp_path):
         p.kill()
     assert target.read_bytes() == b"from child " * 1000
     assert sorted(q.name for q in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_atomic_save_figure_writes_a_whole_png_and_keeps_the_old_one_on_failure(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = tmp_path / "plot.png"
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    io.atomic_save_figure(fig, path)
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG") and plt.fignum_exists(fig.number) is False
+
+    bad, ax = plt.subplots()
+    ax.text(0.5, 0.5, r"$\notacommand$")  # mathtext fails while rendering
+    with pytest.raises(ValueError):
+        io.atomic_save_figure(bad, path)
+    assert path.read_bytes() == data and not plt.fignum_exists(bad.number)
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
