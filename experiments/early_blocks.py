@@ -74,7 +74,9 @@ def draw_pairs(point: Point, a: argparse.Namespace) -> list[tuple[int, str, Path
                           point.target_ms, a.pool, seed=a.draw_seed)
     shape, classes = INPUT[a.dataset]
     train_space = space.with_input(shape, classes, scfg["train_stem_stride"])
-    out_dir = a.root / "random" / a.dataset / point.tag / f"early_blocks_pool{a.pool}_seed{a.draw_seed}"
+    # the picks depend on the pool and on how many stages count, so both name the folder
+    out_dir = (a.root / "random" / a.dataset / point.tag
+               / f"early_blocks_pool{a.pool}_seed{a.draw_seed}_stages{a.stages}")
     picked = []
     for i, pair in enumerate(pick_pairs(space, pool, a.stages, a.pairs)):
         for role, choices in zip(("early", "late"), pair):
