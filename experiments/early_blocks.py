@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 
-from experiments.markdown import md_table
+from experiments.markdown import md_table, write_tables
 from experiments.search_vs_random import (
     BAND_LO,
     INPUT,
@@ -34,12 +33,11 @@ from experiments.search_vs_random import (
     add_run_args,
     parse_grid,
     parse_seeds,
-    retrain_run,
+    retrain_all,
     space_cfg,
 )
 from latency.lut import get_table
 from search_spaces.arch import Arch
-from search_spaces.io import atomic_write_text
 from search_spaces.sampling import sample_in_band
 from search_spaces.spaces import SearchSpace, space_from_config
 
@@ -111,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     jobs = [(pair, role, path, seed) for pair, role, path in picked for seed in seeds]
-    with ThreadPoolExecutor(a.jobs) as pool:
-        results = list(pool.map(lambda j: retrain_run(j[2], j[3], recipe, a.dataset, a.root, not a.report_only),
-                                jobs))
+    results = retrain_all([(path, seed) for *_, path, seed in jobs], recipe, a)
     rows = []
     for (pair, role, path, seed), res in zip(jobs, results):
         if res is None:
@@ -137,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"- pair {pair}: early - late = **{100 * (r['early'] - r['late']):+.2f} pt**")
     lines += ["", md_table(per_arch.rename(columns={"mean": "top1_mean", "size": "n"}))]
     md = "\n".join(lines) + "\n"
-    a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / f"early_blocks_{a.dataset}_{point.tag}"
-    atomic_write_text(stem.with_suffix(".csv"), rows.to_csv(index=False))
-    atomic_write_text(stem.with_suffix(".md"), md)
+    write_tables(a.out / f"early_blocks_{a.dataset}_{point.tag}", rows, md)
     print(md)
     return 0
 

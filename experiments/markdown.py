@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
+
+from search_spaces.io import atomic_write_text
 
 
 def md_table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
@@ -14,3 +18,10 @@ def md_table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def write_tables(stem: Path, rows: pd.DataFrame, md: str) -> None:
+    """``<stem>.csv`` (the rows) and ``<stem>.md``, each written atomically; the folder is made if needed."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stem.with_suffix(".csv"), rows.to_csv(index=False))
+    atomic_write_text(stem.with_suffix(".md"), md)

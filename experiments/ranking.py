@@ -30,6 +30,7 @@ import torch
 from omegaconf import OmegaConf
 from scipy.stats import kendalltau
 
+from experiments.markdown import write_tables
 from experiments.search_vs_random import (
     add_run_args,
     parse_grid,
@@ -42,7 +43,7 @@ from nas.data import make_loader
 from nas.loops import DistInfo, evaluate, set_threads
 from nas.search import build_state, prepare
 from search_spaces.arch import Arch
-from search_spaces.io import atomic_save_figure, atomic_write_text
+from search_spaces.io import atomic_save_figure
 
 
 def supernet_scores(run_dir: Path, archs: list[Arch], eval_images: int | None = None) -> list[float]:
@@ -113,10 +114,8 @@ def main(argv: list[str] | None = None) -> int:
           "| band T ms | latency ms | supernet top-1 | retrained top-1 | choices |", "|---|---|---|---|---|"]
     md += [f"| {r.band_top_ms:g} | {r.latency_ms:.2f} | {r.supernet_top1:.4f} | {r.retrained_top1:.4f} | {r.choices} |"
            for r in rows.itertuples()]
-    a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / f"ranking_{a.dataset}_{a.variant}"
-    atomic_write_text(stem.with_suffix(".csv"), rows.to_csv(index=False))
-    atomic_write_text(stem.with_suffix(".md"), "\n".join(md) + "\n")
+    write_tables(stem, rows, "\n".join(md) + "\n")
     _plot(rows, overall, stem.with_suffix(".png"))
     print("\n".join(md))
     return 0

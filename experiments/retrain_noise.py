@@ -25,15 +25,13 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 
-from experiments.markdown import md_table
-from experiments.search_vs_random import add_run_args, parse_grid, parse_seeds, random_archs, retrain_run
+from experiments.markdown import md_table, write_tables
+from experiments.search_vs_random import add_run_args, parse_grid, parse_seeds, random_archs, retrain_all
 from search_spaces.arch import Arch
-from search_spaces.io import atomic_write_text
 
 
 def noise_stats(rows: pd.DataFrame) -> dict[str, float]:
@@ -69,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"note: {path} does not exist (not searched here); skipped", file=sys.stderr)
     jobs = [(kind, idx, path, seed) for kind, idx, path in archs for seed in seeds]
-    with ThreadPoolExecutor(a.jobs) as pool:
-        results = list(pool.map(lambda j: retrain_run(j[2], j[3], recipe, a.dataset, a.root, not a.report_only),
-                                jobs))
+    results = retrain_all([(path, seed) for *_, path, seed in jobs], recipe, a)
     names = {path: " ".join(c.replace("quadra_", "") for c in Arch.load(path).choices) for _, _, path in archs}
     rows = pd.DataFrame([{"kind": kind, "index": idx, "seed": seed, "top1": res["top1"], "arch": names[path],
                           "latency_ms": res["latency_ms"][point.device]["ms"]}
@@ -99,10 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{g.benchmark_top1.mean():.4f} ({len(g)} architectures)")
     lines += ["", md_table(per_arch[["kind", "index", "latency_ms", "benchmark_top1", "mean", "std", "n", "arch"]])]
     md = "\n".join(lines) + "\n"
-    a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / f"retrain_noise_{a.dataset}_{point.tag}"
-    atomic_write_text(stem.with_suffix(".csv"), rows.to_csv(index=False))
-    atomic_write_text(stem.with_suffix(".md"), md)
+    write_tables(a.out / f"retrain_noise_{a.dataset}_{point.tag}", rows, md)
     print(md)
     return 0
 

@@ -217,6 +217,12 @@ def retrain_run(arch_path: Path, seed: int, recipe: list[str], dataset: str, roo
     return json.loads(results.read_text())
 
 
+def retrain_all(runs: list[tuple[Path, int]], recipe: list[str], a: argparse.Namespace) -> list[dict | None]:
+    """:func:`retrain_run` of each ``(arch_path, seed)``, ``a.jobs`` at a time (``a.report_only``: run nothing)."""
+    with ThreadPoolExecutor(a.jobs) as pool:
+        return list(pool.map(lambda r: retrain_run(r[0], r[1], recipe, a.dataset, a.root, not a.report_only), runs))
+
+
 # -- tables ---------------------------------------------------------------------------------
 def _row(kind: str, variant: str, point: Point, seed: int, res: dict, arch: Arch) -> dict:
     lat = {f"{n}_ms": v["ms"] for n, v in res["latency_ms"].items()}
