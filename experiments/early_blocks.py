@@ -28,18 +28,16 @@ import pandas as pd
 from experiments.markdown import md_table, write_tables
 from experiments.search_vs_random import (
     BAND_LO,
-    INPUT,
     Point,
     add_run_args,
+    draw_band,
     parse_grid,
     parse_seeds,
     retrain_all,
     space_cfg,
 )
-from latency.lut import get_table
 from search_spaces.arch import Arch
-from search_spaces.sampling import sample_in_band
-from search_spaces.spaces import SearchSpace, space_from_config
+from search_spaces.spaces import SearchSpace
 
 
 def early_blocks(space: SearchSpace, choices: tuple[str, ...], stages: int) -> int:
@@ -65,18 +63,13 @@ def pick_pairs(space: SearchSpace, pool: list[tuple[str, ...]], stages: int, pai
 
 def draw_pairs(point: Point, a: argparse.Namespace) -> list[tuple[int, str, Path]]:
     """The picked architectures as files under the run root: ``[(pair, "early"|"late", path), ...]``."""
-    scfg = space_cfg()
-    space = space_from_config(scfg)
-    table = get_table(space, point.device, progress=False)
-    pool = sample_in_band(space.all_candidates(), table.layer_ms(), table.fixed_ms, BAND_LO * point.target_ms,
-                          point.target_ms, a.pool, seed=a.draw_seed)
-    shape, classes = INPUT[a.dataset]
-    train_space = space.with_input(shape, classes, scfg["train_stem_stride"])
+    band = draw_band(point, a.pool, a.draw_seed, a.dataset)
+    space, table, train_space, scfg = band.space, band.table, band.train_space, space_cfg()
     # the picks depend on the pool and on how many stages count, so both name the folder
     out_dir = (a.root / "random" / a.dataset / point.tag
                / f"early_blocks_pool{a.pool}_seed{a.draw_seed}_stages{a.stages}")
     picked = []
-    for i, pair in enumerate(pick_pairs(space, pool, a.stages, a.pairs)):
+    for i, pair in enumerate(pick_pairs(space, band.picks, a.stages, a.pairs)):
         for role, choices in zip(("early", "late"), pair):
             path = out_dir / f"{role}{i}.json"
             if not path.exists():

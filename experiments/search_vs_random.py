@@ -49,12 +49,12 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from experiments.plots import device_panels
-from latency.lut import get_table
+from latency.lut import LatencyTable, get_table
 from latency.units import parse_latency_ms
 from search_spaces.arch import Arch
 from search_spaces.io import atomic_write_text
 from search_spaces.sampling import sample_in_band
-from search_spaces.spaces import space_from_config
+from search_spaces.spaces import SearchSpace, space_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BAND_LO = 0.9  # random draws in [0.9 T, T]
@@ -138,17 +138,32 @@ def _locked(run_dir: Path):
 
 
 # -- the three kinds of work ---------------------------------------------------------------
-def random_archs(point: Point, k: int, dataset: str, out_dir: Path) -> list[Path]:
-    """K architecture files drawn in the band; deterministic in (space, device, band, dataset)."""
-    scfg = space_cfg()
-    space = space_from_config(scfg)
+@dataclass(frozen=True)
+class BandDraws:
+    space: SearchSpace  # at the deployment shape, priced by ``table``
+    table: LatencyTable
+    train_space: SearchSpace  # the same space at the dataset's shape, with the training stem stride
+    picks: list[tuple[str, ...]]  # choices per layer
+
+
+def draw_band(point: Point, n: int, seed: int, dataset: str) -> BandDraws:
+    """``n`` distinct architectures in the band ``[BAND_LO * T, T]`` of ``point`` on its device's table
+    (:func:`search_spaces.sampling.sample_in_band`); deterministic in (space, device, band, seed)."""
+    space = space_from_config(space_cfg())
     table = get_table(space, point.device, progress=False)
     t = point.target_ms
-    picks = sample_in_band(space.all_candidates(), table.layer_ms(), table.fixed_ms, BAND_LO * t, t, k, seed=0)
+    picks = sample_in_band(space.all_candidates(), table.layer_ms(), table.fixed_ms, BAND_LO * t, t, n, seed=seed)
     shape, classes = INPUT[dataset]
-    train_space = space.with_input(shape, classes, scfg["train_stem_stride"])
+    return BandDraws(space, table, space.with_input(shape, classes, space_cfg()["train_stem_stride"]), picks)
+
+
+def random_archs(point: Point, k: int, dataset: str, out_dir: Path) -> list[Path]:
+    """K architecture files drawn in the band; deterministic in (space, device, band, dataset)."""
+    band = draw_band(point, k, 0, dataset)
+    scfg, t = space_cfg(), point.target_ms
+    space, table, train_space = band.space, band.table, band.train_space
     paths = []
-    for i, choices in enumerate(picks):
+    for i, choices in enumerate(band.picks):
         path = out_dir / f"draw{i}.json"
         ms = table.arch_ms(space.arch(choices))
         meta = {"random_draw": {"device": point.device, "band_ms": [BAND_LO * t, t], "index": i, "ms": ms,
