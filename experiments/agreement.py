@@ -41,15 +41,16 @@ from search_spaces.io import atomic_write_text
 TOP_FRACTION = 0.1  # "top" for the overlap count: the best 10% of the pool by one seed's scores
 
 
-def cached_scores(run_dir: Path, archs, key: str) -> list[float]:
-    """Supernet scores of ``archs`` in ``run_dir``'s supernet, read from / written to ``<key>.csv`` there."""
+def cached_scores(run_dir: Path, archs, key: str, eval_images: int | None) -> list[float]:
+    """Supernet scores of ``archs`` in ``run_dir``'s supernet (on the first ``eval_images`` held-out images,
+    None: all), read from / written to ``<key>.csv`` there."""
     cache = run_dir / f"{key}.csv"
     choices = [" ".join(a.choices) for a in archs]
     if cache.exists():
         old = pd.read_csv(cache)
         if list(old.choices) == choices:
             return old.supernet_top1.tolist()
-    scores = supernet_scores(run_dir, archs)
+    scores = supernet_scores(run_dir, archs, eval_images)
     atomic_write_text(cache, pd.DataFrame({"choices": choices, "supernet_top1": scores}).to_csv(index=False))
     return scores
 
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1", help="search seeds whose supernets are compared (at least 2)")
     p.add_argument("--pool", type=int, default=200, help="in-band architectures scored")
     p.add_argument("--draw-seed", type=int, default=1, help="seed of the pool (early_blocks uses 1)")
+    p.add_argument("--eval-images", type=int, default=None,
+                   help="score on the first N held-out images of each search (default: all of them)")
     p.add_argument("--dataset", default="fashion_mnist", choices=sorted(INPUT))
     p.add_argument("--jobs", type=int, default=2, help="searches and scorings side by side (1 thread each)")
     p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
@@ -95,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     band = draw_band(point, a.pool, a.draw_seed, a.dataset)
     archs = [band.train_space.arch(c) for c in band.picks]
     ms = [band.table.arch_ms(band.space.arch(c)) for c in band.picks]
-    key = f"agreement_pool{a.pool}_seed{a.draw_seed}"
+    key = f"agreement_pool{a.pool}_seed{a.draw_seed}" + (f"_images{a.eval_images}" if a.eval_images else "")
     rows = pd.DataFrame({"latency_ms": ms, "blocks": [sum(op != "identity" for op in x.choices) for x in archs],
                          "early_blocks": [early_blocks(band.space, x.choices, 2) for x in archs]})
     with ThreadPoolExecutor(a.jobs) as pool:  # torch releases the GIL: one scoring thread per core
-        scores = list(pool.map(lambda run: cached_scores(run.parent, archs, key), runs))
+        scores = list(pool.map(lambda run: cached_scores(run.parent, archs, key, a.eval_images), runs))
     for s, col in zip(seeds, scores):
         rows[f"seed{s}"] = col
     rows["choices"] = [" ".join(c.replace("quadra_", "") for c in x.choices) for x in archs]
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(rows)} architectures drawn in [{BAND_LO * point.target_ms:g}, {point.target_ms:g}] ms on the "
           f"{point.device} table (pool seed {a.draw_seed}), each scored with the inherited weights of the "
           f"supernets in `{_shown(variant_dir / point.tag)}` (search overrides: `{a.search or 'defaults'}`) on that "
-          "search's held-out split.\n",
+          f"search's held-out split ({f'first {a.eval_images} images' if a.eval_images else 'all of it'}).\n",
           "| seeds | Kendall tau | top-10% overlap |", "|---|---|---|"]
     for x, y in itertools.combinations(cols, 2):
         hit, k = top_overlap(rows[x], rows[y])

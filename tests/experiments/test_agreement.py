@@ -20,13 +20,13 @@ def test_top_overlap_counts_shared_members_of_the_two_top_sets():
 @pytest.mark.slow
 def test_agreement_runs_on_digits_and_scores_each_pool_once(tmp_path):
     args = ["--dataset", "digits", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
-            "--variant", "tiny", "--search", SEARCH, "--pool", "6", "--seeds", "0,1"]
+            "--variant", "tiny", "--search", SEARCH, "--pool", "6", "--seeds", "0,1", "--eval-images", "40"]
     assert agreement.main(args) == 0
     rows = pd.read_csv(tmp_path / "out" / "agreement_digits_tiny_vpu-30ms.csv")
     assert len(rows) == 6 and rows.seed0.between(0, 1).all() and rows.seed1.between(0, 1).all()
     assert ((rows.latency_ms >= 27.0) & (rows.latency_ms <= 30.0)).all() and rows.choices.is_unique
     assert "| seed0 vs seed1 |" in (tmp_path / "out" / "agreement_digits_tiny_vpu-30ms.md").read_text()
-    caches = sorted((tmp_path / "runs" / "search").glob("digits/tiny/vpu-30ms/seed*/agreement_pool6_seed1.csv"))
+    caches = sorted((tmp_path / "runs" / "search").glob("digits/tiny/vpu-30ms/seed*/agreement_pool6_seed1_images40.csv"))
     assert len(caches) == 2
     stamps = [p.stat().st_mtime_ns for p in caches]
     assert agreement.main([*args, "--report-only"]) == 0  # the cached scores are read back, not recomputed
