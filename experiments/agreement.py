@@ -34,8 +34,9 @@ import pandas as pd
 from experiments.early_blocks import early_blocks
 from experiments.markdown import write_tables
 from experiments.ranking import supernet_scores, tau
-from experiments.search_vs_random import BAND_LO, INPUT, ROOT, draw_band, parse_grid, search_run
+from experiments.search_vs_random import BAND_LO, INPUT, ROOT, draw_band, parse_grid, parse_seeds, search_run
 from nas.loops import set_threads
+from search_spaces.blocks import SKIP_OPS
 from search_spaces.io import atomic_write_text
 
 TOP_FRACTION = 0.1  # "top" for the overlap count: the best 10% of the pool by one seed's scores
@@ -82,9 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     p.add_argument("--report-only", action="store_true", help="tables from finished searches; search nothing")
     a = p.parse_args(argv)
-    seeds = [int(s) for s in a.seeds.split(",")]
-    if len(seeds) < 2:
-        p.error(f"--seeds {a.seeds}: agreement needs at least two search seeds")
+    try:
+        seeds = parse_seeds(a.seeds)
+    except ValueError:
+        p.error(f"--seeds {a.seeds!r}: expected comma-separated integers, e.g. 0,1")
+    if len(set(seeds)) < 2:
+        p.error(f"--seeds {a.seeds}: agreement needs at least two different search seeds")
     set_threads(1)
     (point,) = parse_grid(a.point)
     variant_dir = a.root / "search" / a.dataset / a.variant
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     archs = [band.train_space.arch(c) for c in band.picks]
     ms = [band.table.arch_ms(band.space.arch(c)) for c in band.picks]
     key = f"agreement_pool{a.pool}_seed{a.draw_seed}" + (f"_images{a.eval_images}" if a.eval_images else "")
-    rows = pd.DataFrame({"latency_ms": ms, "blocks": [sum(op != "identity" for op in x.choices) for x in archs],
+    rows = pd.DataFrame({"latency_ms": ms, "blocks": [sum(op not in SKIP_OPS for op in x.choices) for x in archs],
                          "early_blocks": [early_blocks(band.space, x.choices, 2) for x in archs]})
     with ThreadPoolExecutor(a.jobs) as pool:  # torch releases the GIL: one scoring thread per core
         scores = list(pool.map(lambda run: cached_scores(run.parent, archs, key, a.eval_images), runs))

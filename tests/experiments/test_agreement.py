@@ -26,7 +26,8 @@ def test_agreement_runs_on_digits_and_scores_each_pool_once(tmp_path):
     assert len(rows) == 6 and rows.seed0.between(0, 1).all() and rows.seed1.between(0, 1).all()
     assert ((rows.latency_ms >= 27.0) & (rows.latency_ms <= 30.0)).all() and rows.choices.is_unique
     assert "| seed0 vs seed1 |" in (tmp_path / "out" / "agreement_digits_tiny_vpu-30ms.md").read_text()
-    caches = sorted((tmp_path / "runs" / "search").glob("digits/tiny/vpu-30ms/seed*/agreement_pool6_seed1_images40.csv"))
+    folder = tmp_path / "runs" / "search" / "digits" / "tiny" / "vpu-30ms"
+    caches = sorted(folder.glob("seed*/agreement_pool6_seed1_images40.csv"))
     assert len(caches) == 2
     stamps = [p.stat().st_mtime_ns for p in caches]
     assert agreement.main([*args, "--report-only"]) == 0  # the cached scores are read back, not recomputed
@@ -34,3 +35,5 @@ def test_agreement_runs_on_digits_and_scores_each_pool_once(tmp_path):
     assert pd.read_csv(tmp_path / "out" / "agreement_digits_tiny_vpu-30ms.csv").equals(rows)
     with pytest.raises(SystemExit):
         agreement.main([*args, "--seeds", "0"])
+    with pytest.raises(SystemExit):
+        agreement.main([*args, "--seeds", "0,x"])
