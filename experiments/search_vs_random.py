@@ -149,12 +149,13 @@ class BandDraws:
 def draw_band(point: Point, n: int, seed: int, dataset: str) -> BandDraws:
     """``n`` distinct architectures in the band ``[BAND_LO * T, T]`` of ``point`` on its device's table
     (:func:`search_spaces.sampling.sample_in_band`); deterministic in (space, device, band, seed)."""
-    space = space_from_config(space_cfg())
+    scfg = space_cfg()
+    space = space_from_config(scfg)
     table = get_table(space, point.device, progress=False)
     t = point.target_ms
     picks = sample_in_band(space.all_candidates(), table.layer_ms(), table.fixed_ms, BAND_LO * t, t, n, seed=seed)
     shape, classes = INPUT[dataset]
-    return BandDraws(space, table, space.with_input(shape, classes, space_cfg()["train_stem_stride"]), picks)
+    return BandDraws(space, table, space.with_input(shape, classes, scfg["train_stem_stride"]), picks)
 
 
 def random_archs(point: Point, k: int, dataset: str, out_dir: Path) -> list[Path]:
