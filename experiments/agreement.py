@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.early_blocks import early_blocks
-from experiments.markdown import write_tables
+from experiments.markdown import report
 from experiments.ranking import supernet_scores, tau
 from experiments.search_vs_random import BAND_LO, INPUT, ROOT, draw_band, parse_grid, parse_seeds, search_run
 from nas.loops import set_threads
@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
            "|---|---|---|---|---|---|---|"]
     md += [f"| {c} | {rows[c].mean():.4f} | {rows[c].std():.4f} | {rows[c].min():.4f} | {rows[c].max():.4f} | "
            f"{tau(rows[c], rows.early_blocks):.3f} | {tau(rows[c], rows.blocks):.3f} |" for c in cols]
-    write_tables(a.out / f"agreement_{a.dataset}_{a.variant}_{point.tag}", rows, "\n".join(md) + "\n")
-    print("\n".join(md))
+    report(a.out / f"agreement_{a.dataset}_{a.variant}_{point.tag}", rows, md)
     return 0
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.markdown import md_table, write_tables
+from experiments.markdown import md_table, report
 from experiments.search_vs_random import (
     BAND_LO,
     Point,
@@ -37,12 +37,13 @@ from experiments.search_vs_random import (
     space_cfg,
 )
 from search_spaces.arch import Arch
+from search_spaces.blocks import SKIP_OPS
 from search_spaces.spaces import SearchSpace
 
 
 def early_blocks(space: SearchSpace, choices: tuple[str, ...], stages: int) -> int:
     """Blocks (non-skip choices) in the searchable layers of the first ``stages`` stages."""
-    return sum(op not in ("identity", "zero") for op, layer in zip(choices, space.layers()) if layer.stage < stages)
+    return sum(op not in SKIP_OPS for op, layer in zip(choices, space.layers()) if layer.stage < stages)
 
 
 def pick_pairs(space: SearchSpace, pool: list[tuple[str, ...]], stages: int, pairs: int):
@@ -125,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if {"early", "late"} <= set(r.index) and r.notna().all():
             lines.append(f"- pair {pair}: early - late = **{100 * (r['early'] - r['late']):+.2f} pt**")
     lines += ["", md_table(per_arch.rename(columns={"mean": "top1_mean", "size": "n"}))]
-    md = "\n".join(lines) + "\n"
-    write_tables(a.out / f"early_blocks_{a.dataset}_{point.tag}", rows, md)
-    print(md)
+    report(a.out / f"early_blocks_{a.dataset}_{point.tag}", rows, lines)
     return 0
 
 

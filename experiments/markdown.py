@@ -20,8 +20,11 @@ def md_table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
     return "\n".join(lines)
 
 
-def write_tables(stem: Path, rows: pd.DataFrame, md: str) -> None:
-    """``<stem>.csv`` (the rows) and ``<stem>.md``, each written atomically; the folder is made if needed."""
+def report(stem: Path, rows: pd.DataFrame, lines: list[str]) -> None:
+    """A benchmark's result: ``<stem>.csv`` (the rows) and ``<stem>.md`` (``lines``, one per line), each
+    written atomically (the folder is made if needed), and the markdown printed."""
+    md = "\n".join(lines) + "\n"
     stem.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stem.with_suffix(".csv"), rows.to_csv(index=False))
     atomic_write_text(stem.with_suffix(".md"), md)
+    print(md, end="")

@@ -30,7 +30,7 @@ import torch
 from omegaconf import OmegaConf
 from scipy.stats import kendalltau
 
-from experiments.markdown import write_tables
+from experiments.markdown import report
 from experiments.search_vs_random import (
     add_run_args,
     parse_grid,
@@ -115,9 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     md += [f"| {r.band_top_ms:g} | {r.latency_ms:.2f} | {r.supernet_top1:.4f} | {r.retrained_top1:.4f} | {r.choices} |"
            for r in rows.itertuples()]
     stem = a.out / f"ranking_{a.dataset}_{a.variant}"
-    write_tables(stem, rows, "\n".join(md) + "\n")
+    report(stem, rows, md)
     _plot(rows, overall, stem.with_suffix(".png"))
-    print("\n".join(md))
     return 0
 
 

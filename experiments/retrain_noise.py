@@ -29,7 +29,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from experiments.markdown import md_table, write_tables
+from experiments.markdown import md_table, report
 from experiments.search_vs_random import add_run_args, parse_grid, parse_seeds, random_archs, retrain_all
 from search_spaces.arch import Arch
 
@@ -94,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"- {kind}: mean over all seeds {g['mean'].mean():.4f}; the benchmark's one retrain each "
                      f"{g.benchmark_top1.mean():.4f} ({len(g)} architectures)")
     lines += ["", md_table(per_arch[["kind", "index", "latency_ms", "benchmark_top1", "mean", "std", "n", "arch"]])]
-    md = "\n".join(lines) + "\n"
-    write_tables(a.out / f"retrain_noise_{a.dataset}_{point.tag}", rows, md)
-    print(md)
+    report(a.out / f"retrain_noise_{a.dataset}_{point.tag}", rows, lines)
     return 0
 
 
