@@ -56,7 +56,7 @@ DATASETS = ("fashion_mnist", "digits", "cifar10", "imagefolder")  # what nas.dat
 DATASETS_WITH_ROOT = ("cifar10", "imagefolder")  # no default location: dataset.root is required
 WEIGHT_OPTIMIZERS = ("adamw", "sgd")
 ARCH_OPTIMIZERS = ("adam", "sgd")
-DERIVE_METHODS = ("select", "budgeted", "argmax")
+DERIVE_METHODS = ("select", "naswot", "budgeted", "argmax")
 INIT_WORDS = ("scratch", "supernet")  # retrain's init=, besides a checkpoint path
 SKIPPED_KEYS = ("hydra",)  # Hydra's own node, present in the config a callback sees
 USAGE_EXIT = 2  # exit code of a usage error (as nas.cli.run_cli)

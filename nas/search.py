@@ -24,7 +24,10 @@ and ``derive.method``:
 * ``select``: ``derive.candidates`` architectures in that band, drawn from the learned
   distribution (mixed with the random-baseline distribution, see
   :mod:`search_spaces.sampling`) plus the ``budgeted`` one, each scored on held-out images
-  with the supernet's weights; the best is exported.
+  with the supernet's weights; the best is exported;
+* ``naswot``: the same candidates, each scored without training by NASWOT (Mellor et al.,
+  ICML 2021; :mod:`search_spaces.naswot`) as a standalone network at initialisation; the best
+  is exported.
 
 The defaults (``band`` + ``select``) are the recipe that beat random architectures at equal latency
 in ``experiments.search_vs_random``; ``train.sampling=proxyless derive.method=argmax`` is the paper's.
@@ -77,6 +80,7 @@ from nas.steps import arch_step, export_ms, lut_tensors, weight_step
 from search_spaces.arch import Arch, build_net
 from search_spaces.blocks import SKIP_OPS
 from search_spaces.io import atomic_save_figure, atomic_write_text
+from search_spaces.naswot import naswot_scores
 from search_spaces.sampling import EmptyBand, sample_in_band
 from search_spaces.spaces import SearchSpace, space_from_config
 from search_spaces.summary import count_macs, count_params
@@ -86,6 +90,7 @@ from supernet.supernet import Supernet
 
 log = logging.getLogger("nas.search")
 
+NASWOT_BATCH = 64  # derive.method=naswot: images per code kernel (scores of two batches and inits: tau 0.92)
 BAND_POOL = 4096  # train.sampling=band: architectures drawn in the band (fewer when the band holds fewer)
 
 
@@ -377,9 +382,11 @@ def derive_choices(cfg: DictConfig, setup: Setup, st: State) -> tuple[list[str],
         drawn = draw_in_band(cfg, setup, model, int(cfg.derive.candidates),
                              layer_probs=[m.probs().tolist() for m in model.mixed_ops()])
     except EmptyBand as e:
-        log.warning("select derivation: %s; exporting the most likely architecture in the band", e)
+        log.warning("%s derivation: %s; exporting the most likely architecture in the band", method, e)
         drawn = []
     candidates = list(dict.fromkeys([tuple(likely), *drawn]))
+    if method == "naswot":
+        return _naswot_pick(cfg, setup, candidates, names, log_probs)
     first = torch.utils.data.Subset(setup.val_part, range(min(int(cfg.derive.eval_images), len(setup.val_part))))
     scored = _score(model, candidates, first, names, log_probs, setup, "scoring candidates")
     finalists, how = int(cfg.derive.finalists), f"{len(scored)} candidates in [{lo:.3f}, {t:.3f}] ms"
@@ -396,6 +403,21 @@ def derive_choices(cfg: DictConfig, setup: Setup, st: State) -> tuple[list[str],
     return best["choices"], f"select: best held-out top-1 of {how}, with supernet weights", scored
 
 
+def _naswot_pick(cfg: DictConfig, setup: Setup, candidates: list[tuple[str, ...]], names: list[list[str]],
+                 log_probs: list[list[float]]) -> tuple[list[str], str, list[dict]]:
+    """The candidate of highest NASWOT score (:mod:`search_spaces.naswot`): each standalone network at
+    initialisation (seeded), on the first ``NASWOT_BATCH`` images of the held-out split."""
+    n = min(NASWOT_BATCH, len(setup.val_part))
+    images = torch.stack([setup.val_part[i][0] for i in range(n)])
+    archs = [setup.train_space.arch(c) for c in candidates]
+    scores = naswot_scores(tqdm(archs, desc="NASWOT scores", leave=False), images, seed=cfg.seed)
+    scored = [dict(_candidate(c, names, log_probs, setup), naswot=s, images=n) for c, s in zip(candidates, scores)]
+    best = max(scored, key=lambda r: (r["naswot"], r["log_prob"]))
+    lo, t = band_ms(cfg, setup)
+    return best["choices"], (f"naswot: best training-free NASWOT score of {len(scored)} candidates in "
+                             f"[{lo:.3f}, {t:.3f}] ms, networks at initialisation on {n} images"), scored
+
+
 def _score(model, candidates: list[tuple[str, ...]], images, names: list[list[str]],
            log_probs: list[list[float]], setup: Setup, desc: str) -> list[dict]:
     """Each candidate pinned in the supernet and evaluated on ``images`` with the inherited weights."""
@@ -403,10 +425,16 @@ def _score(model, candidates: list[tuple[str, ...]], images, names: list[list[st
     scored = []
     for choices in tqdm(candidates, desc=desc, leave=False):
         model.pin(choices)
-        lp = sum(lpr[n.index(c)] for lpr, n, c in zip(log_probs, names, choices))
-        scored.append({"choices": list(choices), "val_top1": evaluate(model, loader)["top1"], "log_prob": lp,
-                       "ms": setup.table.arch_ms(setup.space.arch(choices)), "images": len(images)})
+        scored.append(dict(_candidate(choices, names, log_probs, setup), val_top1=evaluate(model, loader)["top1"],
+                           images=len(images)))
     return scored
+
+
+def _candidate(choices: tuple[str, ...], names: list[list[str]], log_probs: list[list[float]],
+               setup: Setup) -> dict:
+    """A candidate's choices, log-probability under the learned distribution and table latency."""
+    return {"choices": list(choices), "log_prob": sum(lpr[n.index(c)] for lpr, n, c in zip(log_probs, names, choices)),
+            "ms": setup.table.arch_ms(setup.space.arch(choices))}
 
 
 def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: DistInfo, wall_s: float) -> dict:

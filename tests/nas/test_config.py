@@ -104,7 +104,7 @@ BAD = [  # entry, overrides, the one line expected
     ("search", ["dataset=cifar10"], "dataset.root is required for dataset.name=cifar10; valid: the dataset's"),
     ("search", ["dataset=cifar10", "dataset.root=null"], "dataset.root=null is invalid for dataset.name=cifar10"),
     ("search", ["train.sampling=fair"], "train.sampling=fair is invalid; valid: proxyless, uniform, band"),
-    ("search", ["derive.method=best"], "derive.method=best is invalid; valid: select, budgeted, argmax"),
+    ("search", ["derive.method=best"], "derive.method=best is invalid; valid: select, naswot, budgeted, argmax"),
     ("search", ["derive.min_fraction=1.5"], "derive.min_fraction=1.5 is invalid; valid: a number in [0, 1]"),
     ("search", ["derive.min_fraction=-0.1"], "derive.min_fraction=-0.1 is invalid; valid: a number in [0, 1]"),
     ("search", ["derive.finalists=-1"], "derive.finalists=-1 is invalid; valid: an integer >= 0"),

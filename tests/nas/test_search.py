@@ -102,7 +102,7 @@ def test_no_export_without_an_architecture_step(tmp_path):
     assert not (tmp_path / "arch.json").exists()
 
 
-@pytest.mark.parametrize("method", ["select", "budgeted"])
+@pytest.mark.parametrize("method", ["select", "naswot", "budgeted"])
 def test_export_uses_the_budget_and_adds_a_results_row(tmp_path, method):
     csv = tmp_path / "search_results.csv"
     meta = search(_cfg(*ONE, "device=vpu", "latency=30ms", f"derive.method={method}", "derive.candidates=4",
@@ -119,6 +119,13 @@ def test_export_uses_the_budget_and_adds_a_results_row(tmp_path, method):
         best = max(c["val_top1"] for c in finalists)
         assert any(c["choices"] == list(Arch.load(tmp_path / "run" / "arch.json").choices)
                    and c["val_top1"] == best for c in finalists)
+    if method == "naswot":  # every candidate scored on one batch, the best exported
+        cands = meta["candidates"]
+        assert len(cands) >= 3 and meta["derivation"].startswith("naswot")
+        assert all(27.0 <= c["ms"] <= 30.0 and c["images"] == 64 for c in cands)
+        best = max(cands, key=lambda c: c["naswot"])
+        assert best["choices"] == list(Arch.load(tmp_path / "run" / "arch.json").choices)
+        assert len({c["naswot"] for c in cands}) > 1
     rows = pd.read_csv(csv)
     assert len(rows) == 1 and rows.device[0] == "vpu" and rows.target_ms[0] == 30.0
     tags = scalar_tags(tmp_path / "run" / "tb")
