@@ -214,6 +214,11 @@ def _search(point: Point, seed: int, run_dir: Path, overrides: list[str], datase
               f"hydra.run.dir={run_dir}"], run_dir / "bench.log")
 
 
+def recipe_dir(root: Path, dataset: str, recipe: list[str]) -> Path:
+    """The folder holding every retrain of one (dataset, recipe), one subfolder per (architecture, seed)."""
+    return root / "retrain" / _key(dataset, *sorted(recipe))
+
+
 def retrain_run(arch_path: Path, seed: int, recipe: list[str], dataset: str, root: Path,
                 run: bool = True) -> dict | None:
     """results.json of the retrain (training first unless it exists); None if absent and ``run`` is false."""
@@ -221,7 +226,7 @@ def retrain_run(arch_path: Path, seed: int, recipe: list[str], dataset: str, roo
     space = arch.metadata.get("config", {}).get("search_space", {}).get("name", "quadra")
     # quadra folders predate other spaces and are keyed by the choices alone; other spaces add their name
     arch_key = _key(*arch.choices) if space == "quadra" else _key(space, *arch.choices)
-    run_dir = root / "retrain" / _key(dataset, *sorted(recipe)) / f"{arch_key}-s{seed}"
+    run_dir = recipe_dir(root, dataset, recipe) / f"{arch_key}-s{seed}"
     results = run_dir / "results.json"
     if not results.exists():
         if not run:

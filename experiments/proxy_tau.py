@@ -1,0 +1,110 @@
+"""Do training-free scores rank a latency band? ``python -m experiments.proxy_tau``.
+
+Reads every finished retrain of one recipe (the folders :mod:`experiments.search_vs_random`,
+:mod:`experiments.early_blocks`, :mod:`experiments.retrain_noise` and :mod:`experiments.ranking` share
+under ``--root``), averages each architecture's test top-1 over its retrain seeds and, for each
+point of ``--grid``, keeps the architectures whose table latency on that device lies in the band
+``[0.9 T, T]``. Over those it prints Kendall tau between the retrained top-1 and:
+
+* ``naswot``: the NASWOT score (:mod:`search_spaces.naswot`) of the network at initialisation
+  (``--init-seed``) on the first ``--batch`` training images; what ``derive.method=naswot`` ranks by;
+* ``-params`` (fewer is better) and ``macs`` (at the training shape), two zero-cost baselines;
+* ``early``: blocks in the first two stages (the signal :mod:`experiments.early_blocks` measured).
+
+No training happens: it takes seconds. Writes ``proxy_tau_<dataset>.csv`` (one row per architecture
+and point) and ``.md`` (tau per point) into ``--out``. The architectures were not drawn for this
+test (random draws, early/late pairs, search exports), so tau is over whatever has been retrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from experiments.early_blocks import early_blocks
+from experiments.markdown import md_table, report
+from experiments.ranking import tau
+from experiments.search_vs_random import BAND_LO, INPUT, ROOT, draw_band, parse_grid, recipe_dir
+from nas.data import get_dataset
+from nas.loops import set_threads
+from search_spaces.naswot import naswot_scores
+
+SCORES = ("naswot", "-params", "macs", "early")
+
+
+def retrained(folder: Path) -> pd.DataFrame:
+    """One row per quadra architecture retrained in ``folder``: choices, mean top-1 over seeds, seeds,
+    params and MACs at the training shape."""
+    rows = []
+    for path in sorted(folder.glob("*/results.json")):
+        r = json.loads(path.read_text())
+        if r.get("space") == "quadra" and r.get("top1") is not None:
+            rows.append({"choices": " ".join(r["choices"]), "top1": r["top1"], "params": r["params"],
+                         "macs": r["macs"]})
+    if not rows:
+        return pd.DataFrame(columns=["choices", "top1", "seeds", "params", "macs"])
+    df = pd.DataFrame(rows)
+    return (df.groupby("choices", sort=True)
+              .agg(top1=("top1", "mean"), seeds=("top1", "size"), params=("params", "first"),
+                   macs=("macs", "first")).reset_index())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--grid", default="vpu:30ms,cpu:30ms,gpu:1ms", help="bands [0.9T, T] as device:target")
+    p.add_argument("--recipe", default="train.epochs=3", help="the retrains' nas.retrain overrides (as given to "
+                   "the benchmarks)")
+    p.add_argument("--dataset", default="fashion_mnist", choices=sorted(INPUT))
+    p.add_argument("--batch", type=int, default=64, help="images per NASWOT code kernel")
+    p.add_argument("--init-seed", type=int, default=0, help="seed of the networks' initialisation")
+    p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
+    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+    a = p.parse_args(argv)
+    if a.batch < 2:
+        p.error(f"--batch {a.batch}: NASWOT needs at least 2 images")
+    set_threads(1)
+    folder = recipe_dir(a.root, a.dataset, shlex.split(a.recipe))
+    archs = retrained(folder)
+    if archs.empty:
+        print(f"error: no finished retrain of recipe {a.recipe!r} in {folder}", file=sys.stderr)
+        return 1
+    data, _ = get_dataset(a.dataset, "train", limit=a.batch)
+    images = torch.stack([data[i][0] for i in range(min(a.batch, len(data)))])
+    rows, summary = [], []
+    for point in parse_grid(a.grid):
+        band = draw_band(point, 1, 0, a.dataset)  # the space and table of the point
+        ms = [band.table.arch_ms(band.space.arch(c.split())) for c in archs.choices]
+        lo, hi = BAND_LO * point.target_ms, point.target_ms
+        inside = archs[[lo <= m <= hi for m in ms]].assign(latency_ms=[m for m in ms if lo <= m <= hi])
+        if inside.empty:
+            continue
+        choices = [tuple(c.split()) for c in inside.choices]
+        inside = inside.assign(
+            point=point.tag, naswot=naswot_scores([band.train_space.arch(c) for c in choices], images, a.init_seed),
+            early=[early_blocks(band.space, c, 2) for c in choices])
+        rows.append(inside)
+        signed = {"naswot": inside.naswot, "-params": -inside.params, "macs": inside.macs, "early": inside.early}
+        summary.append({"point": point.tag, "archs": len(inside),
+                        **{f"tau {s}": round(tau(inside.top1, signed[s]), 3) for s in SCORES}})
+    if not rows:
+        print(f"error: none of the {len(archs)} retrained architectures lies in a band of {a.grid}", file=sys.stderr)
+        return 1
+    table = pd.concat(rows, ignore_index=True)[["point", "choices", "latency_ms", "top1", "seeds", "naswot",
+                                                "params", "macs", "early"]]
+    lines = [f"# Training-free scores vs retrained top-1 ({a.dataset}, recipe `{a.recipe}`)", "",
+             f"Kendall tau per band [{BAND_LO} T, T] over the retrained architectures in it (top-1: mean over "
+             f"retrain seeds). NASWOT on {len(images)} training images, init seed {a.init_seed}. Latencies "
+             "are table sums of each device's predictor (calibrated stand-ins, not nn-Meter).", "",
+             md_table(pd.DataFrame(summary))]
+    report(a.out / f"proxy_tau_{a.dataset}", table, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The training-free scores diagnostic, on real retrains of digits architectures (tiny)."""
+
+import json
+
+import pandas as pd
+
+from experiments import proxy_tau
+from experiments.search_vs_random import parse_grid, random_archs, recipe_dir, retrain_run
+
+RECIPE = "train.epochs=1 train.batch_size=32 dataset.limit=256"
+
+
+def test_proxy_tau_reads_every_retrain_of_the_recipe_and_averages_seeds(tmp_path):
+    root, out = tmp_path / "runs", tmp_path / "out"
+    (point,) = parse_grid("vpu:30ms")
+    paths = random_archs(point, 3, "digits", tmp_path / "draws")
+    recipe = RECIPE.split()
+    results = [retrain_run(p, 0, recipe, "digits", root) for p in paths]
+    second = retrain_run(paths[0], 1, recipe, "digits", root)
+    args = ["--grid", "vpu:30ms,gpu:0.5ms", "--recipe", RECIPE, "--dataset", "digits", "--batch", "16",
+            "--root", str(root), "--out", str(out)]
+    assert proxy_tau.main(args) == 0
+    rows = pd.read_csv(out / "proxy_tau_digits.csv")
+    assert (rows.point == "vpu-30ms").sum() == 3  # nothing of this band lies in the gpu 0.5 ms one
+    assert ((rows.latency_ms >= 27.0) & (rows.latency_ms <= 30.0)).all()
+    first = rows[rows.choices == " ".join(results[0]["choices"])].iloc[0]
+    assert first.seeds == 2 and abs(first.top1 - (results[0]["top1"] + second["top1"]) / 2) < 1e-9
+    assert rows.naswot.notna().all() and rows.naswot.nunique() == 3
+    md = (out / "proxy_tau_digits.md").read_text()
+    assert "| vpu-30ms | 3 |" in md and "gpu-0.5ms" not in md
+    # a retrain of another recipe is not read
+    other = recipe_dir(root, "digits", ["train.epochs=2"]) / "x-s0"
+    other.mkdir(parents=True)
+    (other / "results.json").write_text(json.dumps({**results[1], "top1": 0.0}))
+    assert proxy_tau.main(args) == 0 and len(pd.read_csv(out / "proxy_tau_digits.csv")) == 3
+
+
+def test_proxy_tau_errors_name_the_problem(tmp_path, capsys):
+    args = ["--dataset", "digits", "--root", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert proxy_tau.main(args) == 1
+    assert "no finished retrain of recipe" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
