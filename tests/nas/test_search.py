@@ -102,6 +102,17 @@ def test_no_export_without_an_architecture_step(tmp_path):
     assert not (tmp_path / "arch.json").exists()
 
 
+def test_training_free_naswot_search_is_deterministic_and_in_band(tmp_path):
+    free = ["device=vpu", "latency=30ms", "train.warmup_epochs=0", "train.epochs=0", "derive.without_search=true",
+            "derive.method=naswot", "derive.candidates=16", "log_devices=[vpu]"]
+    a, b = (search(_cfg(*free), tmp_path / d) for d in ("a", "b"))
+    assert a["search"]["epochs"] == 0 and a["search"]["arch_steps"] == 0
+    assert 27.0 <= a["latency_ms"]["vpu"]["ms"] <= 30.0
+    assert Arch.load(tmp_path / "a" / "arch.json").choices == Arch.load(tmp_path / "b" / "arch.json").choices
+    best = max(a["candidates"], key=lambda c: c["naswot"])["choices"]
+    assert best == list(Arch.load(tmp_path / "a" / "arch.json").choices)
+
+
 @pytest.mark.parametrize("method", ["select", "naswot", "budgeted"])
 def test_export_uses_the_budget_and_adds_a_results_row(tmp_path, method):
     csv = tmp_path / "search_results.csv"
