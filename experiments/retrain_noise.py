@@ -16,7 +16,7 @@ Prints per architecture the top-1 mean +- std over ``--seeds``, then
   retrain per architecture the benchmark uses (seed 0 for a draw, seed s for the export of search
   seed s), and the same for the searched exports.
 
-Writes ``retrain_noise_<dataset>_<device>-<target>.csv``/``.md`` into ``--out``. Resumable: rerun
+Writes ``retrain_noise_<dataset>_<variant>_<device>-<target>.csv``/``.md`` into ``--out``. Resumable: rerun
 the same command; ``--report-only`` only reads finished retrains.
 """
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"- {kind}: mean over all seeds {g['mean'].mean():.4f}; the benchmark's one retrain each "
                      f"{g.benchmark_top1.mean():.4f} ({len(g)} architectures)")
     lines += ["", md_table(per_arch[["kind", "index", "latency_ms", "benchmark_top1", "mean", "std", "n", "arch"]])]
-    report(a.out / f"retrain_noise_{a.dataset}_{point.tag}", rows, lines)
+    report(a.out / "_".join(filter(None, ["retrain_noise", a.dataset, a.variant, point.tag])), rows, lines)
     return 0
 
 

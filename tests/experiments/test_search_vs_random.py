@@ -56,10 +56,10 @@ def test_benchmark_and_ranking_run_resume_and_share_retrains(tmp_path):
     assert retrain_noise.main([*common, "--point", "vpu:30ms", "--k", "3", "--seeds", "0,1", "--variant", "tiny",
                                "--search-seeds", "0"]) == 0
     assert len(sorted((tmp_path / "runs" / "retrain").glob("*/*/results.json"))) == n_retrains + 4
-    noise = pd.read_csv(tmp_path / "out" / "retrain_noise_digits_vpu-30ms.csv")
+    noise = pd.read_csv(tmp_path / "out" / "retrain_noise_digits_tiny_vpu-30ms.csv")
     assert len(noise) == 8 and sorted(noise.kind.unique()) == ["random", "searched"]
     assert noise.groupby("arch").seed.nunique().eq(2).all()
-    assert "retrain noise" in (tmp_path / "out" / "retrain_noise_digits_vpu-30ms.md").read_text()
+    assert "retrain noise" in (tmp_path / "out" / "retrain_noise_digits_tiny_vpu-30ms.md").read_text()
 
 
 def test_noise_stats_separates_seed_noise_from_architecture_differences():
