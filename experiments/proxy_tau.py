@@ -9,7 +9,10 @@ point of ``--grid``, keeps the architectures whose table latency on that device 
 * ``naswot``: the NASWOT score (:mod:`search_spaces.naswot`) of the network at initialisation
   (``--init-seed``) on the first ``--batch`` training images; what ``derive.method=naswot`` ranks by;
 * ``-params`` (fewer is better) and ``macs`` (at the training shape), two zero-cost baselines;
-* ``early``: blocks in the first two stages (the signal :mod:`experiments.early_blocks` measured).
+* ``early``: blocks in the first two stages (the signal :mod:`experiments.early_blocks` measured);
+
+and, as ``naswot stability``, tau between two NASWOT scores of the same networks (another batch and
+init seed): how much of NASWOT's order is the score's own noise.
 
 No training happens: it takes seconds. Writes ``proxy_tau_<dataset>.csv`` (one row per architecture
 and point) and ``.md`` (tau per point) into ``--out``. The architectures were not drawn for this
@@ -74,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     if archs.empty:
         print(f"error: no finished retrain of recipe {a.recipe!r} in {folder}", file=sys.stderr)
         return 1
-    data, _ = get_dataset(a.dataset, "train", limit=a.batch)
-    images = torch.stack([data[i][0] for i in range(min(a.batch, len(data)))])
+    data, _ = get_dataset(a.dataset, "train", limit=2 * a.batch)
+    batches = [torch.stack([data[i][0] for i in range(j * len(data) // 2, (j + 1) * len(data) // 2)]) for j in (0, 1)]
+    images = batches[0]
     rows, summary = [], []
     for point in parse_grid(a.grid):
         band = draw_band(point, 1, 0, a.dataset)  # the space and table of the point
@@ -85,21 +89,25 @@ def main(argv: list[str] | None = None) -> int:
         if inside.empty:
             continue
         choices = [tuple(c.split()) for c in inside.choices]
-        inside = inside.assign(
-            point=point.tag, naswot=naswot_scores([band.train_space.arch(c) for c in choices], images, a.init_seed),
-            early=[early_blocks(band.space, c, 2) for c in choices])
+        nets = [band.train_space.arch(c) for c in choices]
+        inside = inside.assign(point=point.tag, naswot=naswot_scores(nets, images, a.init_seed),
+                               naswot_other=naswot_scores(nets, batches[1], a.init_seed + 1),
+                               early=[early_blocks(band.space, c, 2) for c in choices])
         rows.append(inside)
         signed = {"naswot": inside.naswot, "-params": -inside.params, "macs": inside.macs, "early": inside.early}
         summary.append({"point": point.tag, "archs": len(inside),
-                        **{f"tau {s}": round(tau(inside.top1, signed[s]), 3) for s in SCORES}})
+                        **{f"tau {s}": round(tau(inside.top1, signed[s]), 3) for s in SCORES},
+                        "naswot stability": round(tau(inside.naswot, inside.naswot_other), 3)})
     if not rows:
         print(f"error: none of the {len(archs)} retrained architectures lies in a band of {a.grid}", file=sys.stderr)
         return 1
     table = pd.concat(rows, ignore_index=True)[["point", "choices", "latency_ms", "top1", "seeds", "naswot",
-                                                "params", "macs", "early"]]
+                                                "naswot_other", "params", "macs", "early"]]
     lines = [f"# Training-free scores vs retrained top-1 ({a.dataset}, recipe `{a.recipe}`)", "",
              f"Kendall tau per band [{BAND_LO} T, T] over the retrained architectures in it (top-1: mean over "
-             f"retrain seeds). NASWOT on {len(images)} training images, init seed {a.init_seed}. Latencies "
+             f"retrain seeds). NASWOT on {len(images)} training images, init seed {a.init_seed}; `naswot stability`: "
+             f"tau between that score and one on the next {len(batches[1])} images with init seed {a.init_seed + 1}. "
+             "Latencies "
              "are table sums of each device's predictor (calibrated stand-ins, not nn-Meter).", "",
              md_table(pd.DataFrame(summary))]
     report(a.out / f"proxy_tau_{a.dataset}", table, lines)

@@ -90,7 +90,7 @@ from supernet.supernet import Supernet
 
 log = logging.getLogger("nas.search")
 
-NASWOT_BATCH = 64  # derive.method=naswot: images per code kernel (scores of two batches and inits: tau 0.92)
+NASWOT_BATCH = 64  # derive.method=naswot: images per code kernel (two batches and inits: tau 0.94-0.99, proxy_tau)
 BAND_POOL = 4096  # train.sampling=band: architectures drawn in the band (fewer when the band holds fewer)
 
 

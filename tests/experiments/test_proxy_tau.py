@@ -25,7 +25,7 @@ def test_proxy_tau_reads_every_retrain_of_the_recipe_and_averages_seeds(tmp_path
     assert ((rows.latency_ms >= 27.0) & (rows.latency_ms <= 30.0)).all()
     first = rows[rows.choices == " ".join(results[0]["choices"])].iloc[0]
     assert first.seeds == 2 and abs(first.top1 - (results[0]["top1"] + second["top1"]) / 2) < 1e-9
-    assert rows.naswot.notna().all() and rows.naswot.nunique() == 3
+    assert rows.naswot.notna().all() and rows.naswot.nunique() == 3 and rows.naswot_other.notna().all()
     md = (out / "proxy_tau_digits.md").read_text()
     assert "| vpu-30ms | 3 |" in md and "gpu-0.5ms" not in md
     # a retrain of another recipe is not read
