@@ -33,7 +33,7 @@ import torch
 from experiments.early_blocks import early_blocks
 from experiments.markdown import md_table, report
 from experiments.ranking import tau
-from experiments.search_vs_random import BAND_LO, INPUT, ROOT, draw_band, parse_grid, recipe_dir
+from experiments.search_vs_random import BAND_LO, INPUT, ROOT, band_setting, parse_grid, recipe_dir
 from nas.data import get_dataset
 from nas.loops import set_threads
 from search_spaces.naswot import naswot_scores
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     images = batches[0]
     rows, summary = [], []
     for point in parse_grid(a.grid):
-        band = draw_band(point, 1, 0, a.dataset)  # the space and table of the point
+        band = band_setting(point, a.dataset)
         ms = [band.table.arch_ms(band.space.arch(c.split())) for c in archs.choices]
         lo, hi = BAND_LO * point.target_ms, point.target_ms
         inside = archs[[lo <= m <= hi for m in ms]].assign(latency_ms=[m for m in ms if lo <= m <= hi])
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                                early=[early_blocks(band.space, c, 2) for c in choices])
         rows.append(inside)
         signed = {"naswot": inside.naswot, "-params": -inside.params, "macs": inside.macs, "early": inside.early}
-        summary.append({"point": point.tag, "archs": len(inside),
+        summary.append({"point": point.tag, "predictor": band.table.predictor, "archs": len(inside),
                         **{f"tau {s}": round(tau(inside.top1, signed[s]), 3) for s in SCORES},
                         "naswot stability": round(tau(inside.naswot, inside.naswot_other), 3)})
     if not rows:
@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
              f"Kendall tau per band [{BAND_LO} T, T] over the retrained architectures in it (top-1: mean over "
              f"retrain seeds). NASWOT on {len(images)} training images, init seed {a.init_seed}; `naswot stability`: "
              f"tau between that score and one on the next {len(batches[1])} images with init seed {a.init_seed + 1}. "
-             "Latencies "
-             "are table sums of each device's predictor (calibrated stand-ins, not nn-Meter).", "",
+             "Latencies are table sums of the predictor named per band.", "",
              md_table(pd.DataFrame(summary))]
     report(a.out / f"proxy_tau_{a.dataset}", table, lines)
     return 0

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -146,16 +146,22 @@ class BandDraws:
     picks: list[tuple[str, ...]]  # choices per layer
 
 
+def band_setting(point: Point, dataset: str) -> BandDraws:
+    """The space, ``point``'s device table and the training-shape space, with no architecture drawn."""
+    scfg = space_cfg()
+    space = space_from_config(scfg)
+    shape, classes = INPUT[dataset]
+    return BandDraws(space, get_table(space, point.device, progress=False),
+                     space.with_input(shape, classes, scfg["train_stem_stride"]), [])
+
+
 def draw_band(point: Point, n: int, seed: int, dataset: str) -> BandDraws:
     """``n`` distinct architectures in the band ``[BAND_LO * T, T]`` of ``point`` on its device's table
     (:func:`search_spaces.sampling.sample_in_band`); deterministic in (space, device, band, seed)."""
-    scfg = space_cfg()
-    space = space_from_config(scfg)
-    table = get_table(space, point.device, progress=False)
-    t = point.target_ms
-    picks = sample_in_band(space.all_candidates(), table.layer_ms(), table.fixed_ms, BAND_LO * t, t, n, seed=seed)
-    shape, classes = INPUT[dataset]
-    return BandDraws(space, table, space.with_input(shape, classes, scfg["train_stem_stride"]), picks)
+    band, t = band_setting(point, dataset), point.target_ms
+    table = band.table
+    picks = sample_in_band(band.space.all_candidates(), table.layer_ms(), table.fixed_ms, BAND_LO * t, t, n, seed=seed)
+    return replace(band, picks=picks)
 
 
 def random_archs(point: Point, k: int, dataset: str, out_dir: Path) -> list[Path]:

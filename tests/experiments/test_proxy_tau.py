@@ -27,7 +27,7 @@ def test_proxy_tau_reads_every_retrain_of_the_recipe_and_averages_seeds(tmp_path
     assert first.seeds == 2 and abs(first.top1 - (results[0]["top1"] + second["top1"]) / 2) < 1e-9
     assert rows.naswot.notna().all() and rows.naswot.nunique() == 3 and rows.naswot_other.notna().all()
     md = (out / "proxy_tau_digits.md").read_text()
-    assert "| vpu-30ms | 3 |" in md and "gpu-0.5ms" not in md
+    assert "| vpu-30ms | standin/myriadvpu_openvino2019r2 | 3 |" in md and "gpu-0.5ms" not in md
     # a retrain of another recipe is not read
     other = recipe_dir(root, "digits", ["train.epochs=2"]) / "x-s0"
     other.mkdir(parents=True)
