@@ -14,7 +14,13 @@ Prints per architecture the top-1 mean +- std over ``--seeds``, then
 * the std of the architectures' seed means (what separates architectures, plus noise / n);
 * the random draws' mean with each architecture's seeds averaged, beside the mean of the one
   retrain per architecture the benchmark uses (seed 0 for a draw, seed s for the export of search
-  seed s), and the same for the searched exports.
+  seed s), and the same for the searched exports;
+* what the band allows any selector (:func:`variance_components`, :func:`best_of_gain`), from the
+  random draws only (the exports are not a random sample of the band): the spread of the
+  architectures' true top-1 with the seed noise taken out, the gain over the band's mean of an
+  oracle that knows every candidate's true top-1 and keeps the best of N, and the standard error
+  of the benchmark's delta (searched mean of S seeds minus the mean of K draws, one retrain each).
+  These assume normal spreads; one bad architecture in the band (a long low tail) breaks that.
 
 Writes ``retrain_noise_<dataset>_<variant>_<device>-<target>.csv``/``.md`` into ``--out``. Resumable: rerun
 the same command; ``--report-only`` only reads finished retrains.
@@ -28,10 +34,14 @@ import sys
 
 import numpy as np
 import pandas as pd
+from scipy import integrate, stats
 
 from experiments.markdown import md_table, report
 from experiments.search_vs_random import add_run_args, parse_grid, parse_seeds, random_archs, retrain_all
 from search_spaces.arch import Arch
+
+
+ORACLE_CANDIDATES = (5, 10, 33, 129)  # K draws; K=10; derive.candidates 32 (+1 budgeted); 128 (+1)
 
 
 def noise_stats(rows: pd.DataFrame) -> dict[str, float]:
@@ -43,6 +53,45 @@ def noise_stats(rows: pd.DataFrame) -> dict[str, float]:
     between = float(means.std(ddof=1)) if len(means) > 1 else float("nan")
     return {"within_arch_std": within, "between_arch_means_std": between, "n_archs": len(groups),
             "n_retrains": int(sum(len(g) for g in groups))}
+
+
+def variance_components(rows: pd.DataFrame) -> tuple[float, float]:
+    """(seed std, architecture std) of top-1 under the one-way random-effects model
+    ``top1 = mu + a_arch + e_seed``: the seed variance is the pooled within-architecture variance, the
+    architecture variance is the variance of the seed means less the seed variance each mean still
+    carries (``mean(1/n_i)`` of it), clipped at 0. NaN where the rows cannot tell (no repeated seed,
+    fewer than two architectures)."""
+    groups = [g.top1.to_numpy() for _, g in rows.groupby("arch")]
+    dof = sum(len(g) - 1 for g in groups)
+    if dof == 0 or len(groups) < 2:
+        return float("nan"), float("nan")
+    var_e = sum(((g - g.mean()) ** 2).sum() for g in groups) / dof
+    var_means = np.var([g.mean() for g in groups], ddof=1)
+    var_a = max(0.0, var_means - var_e * np.mean([1 / len(g) for g in groups]))
+    return float(np.sqrt(var_e)), float(np.sqrt(var_a))
+
+
+def best_of_gain(sigma: float, n: int) -> float:
+    """Expected excess over the mean of the best of ``n`` independent normal draws of std ``sigma``:
+    ``sigma * E[max of n standard normals]`` (0 for one draw, ``sigma / sqrt(pi)`` for two)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    e_max, _ = integrate.quad(lambda z: z * n * stats.norm.pdf(z) * stats.norm.cdf(z) ** (n - 1), -np.inf, np.inf)
+    return sigma * e_max
+
+
+def ceiling_lines(rows: pd.DataFrame, k: int, search_seeds: int, candidates: tuple[int, ...]) -> list[str]:
+    """The report's lines on what the band allows a selector (random draws' rows only)."""
+    sigma_e, sigma_a = variance_components(rows[rows.kind == "random"])
+    if np.isnan(sigma_a):
+        return ["- what the band allows a selector: needs two or more random draws with repeated seeds"]
+    se = np.sqrt(sigma_e ** 2 / search_seeds + (sigma_a ** 2 + sigma_e ** 2) / k)
+    gains = ", ".join(f"best of {n}: +{100 * best_of_gain(sigma_a, n):.2f} pt" for n in candidates)
+    return [f"- random draws, seed noise taken out (random-effects model): architecture std **{100 * sigma_a:.2f} pt**"
+            f", seed std {100 * sigma_e:.2f} pt",
+            f"- an oracle that knows every candidate's true top-1 gains over the band's mean: {gains} (normal spread)",
+            f"- standard error of the benchmark's delta ({search_seeds} search seeds vs {k} draws, one retrain each): "
+            f"{100 * se:.2f} pt"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind, g in per_arch.groupby("kind", sort=False):
         lines.append(f"- {kind}: mean over all seeds {g['mean'].mean():.4f}; the benchmark's one retrain each "
                      f"{g.benchmark_top1.mean():.4f} ({len(g)} architectures)")
+    lines += ceiling_lines(rows, a.k, len(parse_seeds(a.search_seeds)), ORACLE_CANDIDATES)
     lines += ["", md_table(per_arch[["kind", "index", "latency_ms", "benchmark_top1", "mean", "std", "n", "arch"]])]
     report(a.out / "_".join(filter(None, ["retrain_noise", a.dataset, a.variant, point.tag])), rows, lines)
     return 0

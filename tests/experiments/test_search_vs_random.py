@@ -1,5 +1,7 @@
 """The search-vs-random benchmark and the ranking diagnostic, end to end on digits (tiny)."""
 
+import math
+
 import pandas as pd
 import pytest
 
@@ -68,6 +70,25 @@ def test_noise_stats_separates_seed_noise_from_architecture_differences():
     assert stats["within_arch_std"] == pytest.approx((0.01 ** 2 * 2 / 2) ** 0.5)  # only "a" varies: 2 dof in all
     assert stats["between_arch_means_std"] == pytest.approx(pd.Series([0.81, 0.90, 0.70]).std())
     assert (stats["n_archs"], stats["n_retrains"]) == (3, 5)
+
+
+def test_variance_components_take_the_seed_noise_out_of_the_spread_of_means():
+    # seed deviations +-0.01 in every architecture; true means 0.80, 0.90, 0.70 (std 0.1)
+    rows = pd.DataFrame({"arch": list("aabbcc"), "top1": [0.79, 0.81, 0.89, 0.91, 0.69, 0.71]})
+    sigma_e, sigma_a = retrain_noise.variance_components(rows)
+    assert sigma_e == pytest.approx(0.01 * 2 ** 0.5)  # within variance: 2 * 0.01^2 per group over 1 dof
+    assert sigma_a == pytest.approx((0.1 ** 2 - 0.01 ** 2) ** 0.5)  # var of means 0.01, less var_e / 2
+    same = pd.DataFrame({"arch": list("aabb"), "top1": [0.79, 0.81, 0.81, 0.79]})
+    assert retrain_noise.variance_components(same)[1] == 0.0  # means equal: nothing left but noise
+    assert all(map(math.isnan, retrain_noise.variance_components(rows.drop_duplicates("arch"))))  # one seed each
+
+
+def test_best_of_gain_matches_known_order_statistics():
+    assert retrain_noise.best_of_gain(1.0, 1) == pytest.approx(0.0, abs=1e-9)
+    assert retrain_noise.best_of_gain(2.0, 2) == pytest.approx(2 / math.pi ** 0.5)
+    assert retrain_noise.best_of_gain(1.0, 10) == pytest.approx(1.5388, abs=1e-4)  # tabulated E[max of 10]
+    with pytest.raises(ValueError, match="n must be"):
+        retrain_noise.best_of_gain(1.0, 0)
 
 
 def test_grid_parsing_errors():
