@@ -55,20 +55,28 @@ def noise_stats(rows: pd.DataFrame) -> dict[str, float]:
             "n_retrains": int(sum(len(g) for g in groups))}
 
 
-def variance_components(rows: pd.DataFrame) -> tuple[float, float]:
-    """(seed std, architecture std) of top-1 under the one-way random-effects model
+def variance_components(rows: pd.DataFrame, level: float = 0.9) -> dict[str, float]:
+    """Seed std and architecture std of top-1 under the one-way random-effects model
     ``top1 = mu + a_arch + e_seed``: the seed variance is the pooled within-architecture variance, the
     architecture variance is the variance of the seed means less the seed variance each mean still
-    carries (``mean(1/n_i)`` of it), clipped at 0. NaN where the rows cannot tell (no repeated seed,
-    fewer than two architectures)."""
+    carries (``mean(1/n_i)`` of it), clipped at 0. ``sigma_a_lo``/``sigma_a_hi``: a ``level`` interval
+    from the chi-square interval of the variance of the means (the seed variance taken as known). NaN
+    where the rows cannot tell (no repeated seed, fewer than two architectures)."""
     groups = [g.top1.to_numpy() for _, g in rows.groupby("arch")]
     dof = sum(len(g) - 1 for g in groups)
     if dof == 0 or len(groups) < 2:
-        return float("nan"), float("nan")
+        return dict.fromkeys(("sigma_e", "sigma_a", "sigma_a_lo", "sigma_a_hi"), float("nan"))
     var_e = sum(((g - g.mean()) ** 2).sum() for g in groups) / dof
-    var_means = np.var([g.mean() for g in groups], ddof=1)
-    var_a = max(0.0, var_means - var_e * np.mean([1 / len(g) for g in groups]))
-    return float(np.sqrt(var_e)), float(np.sqrt(var_a))
+    var_means, m = np.var([g.mean() for g in groups], ddof=1), len(groups)
+    noise_in_means = var_e * np.mean([1 / len(g) for g in groups])
+
+    def sigma_a(var: float) -> float:
+        return float(np.sqrt(max(0.0, var - noise_in_means)))
+
+    tail = (1 - level) / 2
+    return {"sigma_e": float(np.sqrt(var_e)), "sigma_a": sigma_a(var_means),
+            "sigma_a_lo": sigma_a((m - 1) * var_means / stats.chi2.ppf(1 - tail, m - 1)),
+            "sigma_a_hi": sigma_a((m - 1) * var_means / stats.chi2.ppf(tail, m - 1))}
 
 
 def best_of_gain(sigma: float, n: int) -> float:
@@ -82,14 +90,18 @@ def best_of_gain(sigma: float, n: int) -> float:
 
 def ceiling_lines(rows: pd.DataFrame, k: int, search_seeds: int, candidates: tuple[int, ...]) -> list[str]:
     """The report's lines on what the band allows a selector (random draws' rows only)."""
-    sigma_e, sigma_a = variance_components(rows[rows.kind == "random"])
-    if np.isnan(sigma_a):
+    v = variance_components(rows[rows.kind == "random"])
+    if np.isnan(v["sigma_a"]):
         return ["- what the band allows a selector: needs two or more random draws with repeated seeds"]
+    sigma_e, sigma_a = v["sigma_e"], v["sigma_a"]
+    n_draws = rows[rows.kind == "random"].arch.nunique()
     se = np.sqrt(sigma_e ** 2 / search_seeds + (sigma_a ** 2 + sigma_e ** 2) / k)
     gains = ", ".join(f"best of {n}: +{100 * best_of_gain(sigma_a, n):.2f} pt" for n in candidates)
-    return [f"- random draws, seed noise taken out (random-effects model): architecture std **{100 * sigma_a:.2f} pt**"
-            f", seed std {100 * sigma_e:.2f} pt",
-            f"- an oracle that knows every candidate's true top-1 gains over the band's mean: {gains} (normal spread)",
+    return [f"- random draws, seed noise taken out (random-effects model, {n_draws} draws): architecture std "
+            f"**{100 * sigma_a:.2f} pt** (90% interval {100 * v['sigma_a_lo']:.2f}-{100 * v['sigma_a_hi']:.2f}), "
+            f"seed std {100 * sigma_e:.2f} pt",
+            f"- an oracle that knows every candidate's true top-1 gains over the band's mean: {gains} (normal "
+            f"spread, at the point estimate; scale by the interval)",
             f"- standard error of the benchmark's delta ({search_seeds} search seeds vs {k} draws, one retrain each): "
             f"{100 * se:.2f} pt"]
 

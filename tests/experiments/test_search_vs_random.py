@@ -75,12 +75,15 @@ def test_noise_stats_separates_seed_noise_from_architecture_differences():
 def test_variance_components_take_the_seed_noise_out_of_the_spread_of_means():
     # seed deviations +-0.01 in every architecture; true means 0.80, 0.90, 0.70 (std 0.1)
     rows = pd.DataFrame({"arch": list("aabbcc"), "top1": [0.79, 0.81, 0.89, 0.91, 0.69, 0.71]})
-    sigma_e, sigma_a = retrain_noise.variance_components(rows)
-    assert sigma_e == pytest.approx(0.01 * 2 ** 0.5)  # within variance: 2 * 0.01^2 per group over 1 dof
-    assert sigma_a == pytest.approx((0.1 ** 2 - 0.01 ** 2) ** 0.5)  # var of means 0.01, less var_e / 2
+    v = retrain_noise.variance_components(rows)
+    assert v["sigma_e"] == pytest.approx(0.01 * 2 ** 0.5)  # within variance: 2 * 0.01^2 per group over 1 dof
+    assert v["sigma_a"] == pytest.approx((0.1 ** 2 - 0.01 ** 2) ** 0.5)  # var of means 0.01, less var_e / 2
+    # 90% interval of the variance of 3 means: 2 * 0.01 / chi2(2 dof) quantiles 5.991 and 0.1026
+    assert v["sigma_a_lo"] == pytest.approx((2 * 0.01 / 5.9915 - 0.01 ** 2) ** 0.5, rel=1e-3)
+    assert v["sigma_a_hi"] == pytest.approx((2 * 0.01 / 0.10259 - 0.01 ** 2) ** 0.5, rel=1e-3)
     same = pd.DataFrame({"arch": list("aabb"), "top1": [0.79, 0.81, 0.81, 0.79]})
-    assert retrain_noise.variance_components(same)[1] == 0.0  # means equal: nothing left but noise
-    assert all(map(math.isnan, retrain_noise.variance_components(rows.drop_duplicates("arch"))))  # one seed each
+    assert retrain_noise.variance_components(same)["sigma_a"] == 0.0  # means equal: nothing left but noise
+    assert all(map(math.isnan, retrain_noise.variance_components(rows.drop_duplicates("arch")).values()))
 
 
 def test_best_of_gain_matches_known_order_statistics():
