@@ -12,7 +12,10 @@ rather than about one training run. This diagnostic needs no retraining:
    (searched first if missing, as in :mod:`experiments.search_vs_random`) and scored on that
    search's held-out split with the inherited weights (:func:`experiments.ranking.supernet_scores`);
 3. it reports Kendall tau between the seeds' scores, the spread of the scores, and how many of one
-   seed's top 10% are in the other's.
+   seed's top 10% are in the other's;
+4. and, per seed, how much the candidate blocks move the supernet's output at all
+   (:func:`experiments.ranking.block_effect`: every layer pinned to one candidate, top-1 and logit
+   change against every layer pinned to identity, layer scales against their initial value).
 
 A tau near 0 means that inside the band the supernet ranks by run-to-run noise, and selecting by
 its scores is a random pick. Each seed's scores are cached in its search folder
@@ -33,7 +36,7 @@ import pandas as pd
 
 from experiments.early_blocks import early_blocks
 from experiments.markdown import report
-from experiments.ranking import supernet_scores, tau
+from experiments.ranking import block_effect, supernet_scores, tau
 from experiments.search_vs_random import BAND_LO, INPUT, ROOT, draw_band, parse_grid, parse_seeds, search_run
 from nas.loops import set_threads
 from search_spaces.blocks import SKIP_OPS
@@ -124,6 +127,16 @@ def main(argv: list[str] | None = None) -> int:
            "|---|---|---|---|---|---|---|"]
     md += [f"| {c} | {rows[c].mean():.4f} | {rows[c].std():.4f} | {rows[c].min():.4f} | {rows[c].max():.4f} | "
            f"{tau(rows[c], rows.early_blocks):.3f} | {tau(rows[c], rows.blocks):.3f} |" for c in cols]
+    with ThreadPoolExecutor(a.jobs) as pool:
+        effects = list(pool.map(lambda run: block_effect(run.parent, a.eval_images), runs))
+    md += ["", "Block effect: every layer pinned to one candidate; top-1 on the same held-out images, mean |logit "
+           "change| from the all-identity network relative to its mean |logit|, and the candidates' layer scales "
+           "|gamma| over their initial value.", ""]
+    md += ["| seed | " + " | ".join(effects[0].op) + " |", "|---" * (len(effects[0]) + 1) + "|"]
+    for s, e in zip(seeds, effects):
+        md += [f"| seed{s} top-1 | " + " | ".join(f"{v:.4f}" for v in e.top1) + " |",
+               f"| seed{s} logit change | " + " | ".join(f"{v:.3f}" for v in e.logit_change) + " |",
+               f"| seed{s} gamma / init | " + " | ".join(f"{v:.3f}" for v in e.gamma_over_init) + " |"]
     report(a.out / f"agreement_{a.dataset}_{a.variant}_{point.tag}", rows, md)
     return 0
 

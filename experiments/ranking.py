@@ -43,11 +43,13 @@ from nas.data import make_loader
 from nas.loops import DistInfo, evaluate, set_threads
 from nas.search import build_state, prepare
 from search_spaces.arch import Arch
+from search_spaces.blocks import SKIP_OPS
 from search_spaces.io import atomic_save_figure
 
 
-def supernet_scores(run_dir: Path, archs: list[Arch], eval_images: int | None = None) -> list[float]:
-    """Held-out top-1 of each architecture's path in the supernet of a finished search run."""
+def _supernet(run_dir: Path, eval_images: int | None) -> tuple:
+    """The finished supernet of a search run (weights loaded) and a loader over its held-out split
+    (the first ``eval_images`` images; None: all)."""
     state = load_checkpoint(run_dir / "checkpoint.pt", kind="supernet")
     cfg = OmegaConf.create(state["config"])
     setup = prepare(cfg, DistInfo())
@@ -56,12 +58,51 @@ def supernet_scores(run_dir: Path, archs: list[Arch], eval_images: int | None = 
     val = setup.val_part
     if eval_images is not None:
         val = torch.utils.data.Subset(val, range(min(eval_images, len(val))))
-    loader = make_loader(val, 256, False, 0)
+    return st.model, make_loader(val, 256, False, 0), cfg
+
+
+def supernet_scores(run_dir: Path, archs: list[Arch], eval_images: int | None = None) -> list[float]:
+    """Held-out top-1 of each architecture's path in the supernet of a finished search run."""
+    model, loader, _ = _supernet(run_dir, eval_images)
     scores = []
     for arch in archs:
-        st.model.pin(arch.choices)
-        scores.append(evaluate(st.model, loader)["top1"])
+        model.pin(arch.choices)
+        scores.append(evaluate(model, loader)["top1"])
     return scores
+
+
+def block_effect(run_dir: Path, eval_images: int | None = None) -> pd.DataFrame:
+    """How much the candidate blocks change the supernet's output at all: every layer pinned to one
+    candidate in turn, held-out top-1 and the mean |logit change| from every layer pinned to identity,
+    relative to the mean |logit| of that identity network; plus each candidate's mean layer-scale
+    |gamma| over its initial value (1.0 = the blocks' layer scales never moved; NaN where a candidate
+    has none). A path whose logits barely move cannot be told from its neighbours by the supernet."""
+    model, loader, cfg = _supernet(run_dir, eval_images)
+    layers = [m.names for m in model.mixed_ops()]
+    names = [n for n in layers[0] if all(n in x for x in layers)]  # candidates every layer offers
+    skip = next((n for n in names if n in SKIP_OPS), None)
+    if skip is None:
+        raise ValueError(f"block_effect needs a skip candidate ({', '.join(SKIP_OPS)}) in every layer; "
+                         f"the layers share only {names}")
+    model.eval()
+
+    def logits(op: str) -> torch.Tensor:
+        model.pin([op] * len(model.mixed_ops()))
+        with torch.no_grad():
+            return torch.cat([model(x) for x, _ in loader])
+
+    labels = torch.cat([y for _, y in loader])
+    base = logits(skip)
+    rows = []
+    for op in names:
+        out = base if op == skip else logits(op)
+        gammas = [p.abs().mean().item() for m in model.mixed_ops()
+                  for n, p in m.candidates[m.names.index(op)].named_parameters() if n.split(".")[-1].startswith("gamma")]
+        rows.append({"op": op, "top1": (out.argmax(1) == labels).float().mean().item(),
+                     "logit_change": ((out - base).abs().mean() / base.abs().mean()).item(),
+                     "gamma_over_init": (float(np.mean(gammas)) / cfg.train.layer_scale_init
+                                         if gammas else float("nan"))})
+    return pd.DataFrame(rows)
 
 
 def tau(a, b) -> float:

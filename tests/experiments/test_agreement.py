@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from experiments import agreement
+from experiments import agreement, ranking
 
 SEARCH = ("train.warmup_epochs=0 train.epochs=1 train.batch_size=32 log_devices=[vpu] dataset.limit=400 "
           "derive.method=budgeted")
@@ -25,8 +25,13 @@ def test_agreement_runs_on_digits_and_scores_each_pool_once(tmp_path):
     rows = pd.read_csv(tmp_path / "out" / "agreement_digits_tiny_vpu-30ms.csv")
     assert len(rows) == 6 and rows.seed0.between(0, 1).all() and rows.seed1.between(0, 1).all()
     assert ((rows.latency_ms >= 27.0) & (rows.latency_ms <= 30.0)).all() and rows.choices.is_unique
-    assert "| seed0 vs seed1 |" in (tmp_path / "out" / "agreement_digits_tiny_vpu-30ms.md").read_text()
+    md = (tmp_path / "out" / "agreement_digits_tiny_vpu-30ms.md").read_text()
+    assert "| seed0 vs seed1 |" in md and "| seed1 gamma / init |" in md
     folder = tmp_path / "runs" / "search" / "digits" / "tiny" / "vpu-30ms"
+    effect = ranking.block_effect(folder / "seed0", 40).set_index("op")
+    assert effect.top1.between(0, 1).all() and len(effect) == 7
+    assert effect.loc["identity", "logit_change"] == 0 and effect.gamma_over_init.drop("identity").gt(0).all()
+    assert effect.logit_change.drop("identity").gt(0).all()  # pinning a block everywhere changes the output
     caches = sorted(folder.glob("seed*/agreement_pool6_seed1_images40.csv"))
     assert len(caches) == 2
     stamps = [p.stat().st_mtime_ns for p in caches]
