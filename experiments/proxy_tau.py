@@ -11,10 +11,13 @@ point of ``--grid``, keeps the architectures whose table latency on that device 
 * ``-params`` (fewer is better) and ``macs`` (at the training shape), two zero-cost baselines;
 * ``early``: blocks in the first two stages (the signal :mod:`experiments.early_blocks` measured);
 
-and, as ``naswot stability``, tau between two NASWOT scores of the same networks (another batch and
+with ``--supernet VARIANT``, also against ``supernet``: held-out top-1 of each architecture's path in
+the finished supernet of that search variant at the point (search seed ``--search-seed``; what
+``derive.method=select`` ranks by, :func:`experiments.ranking.supernet_scores`); the tables are then
+named ``proxy_tau_<dataset>_<variant>``. And, as ``naswot stability``, tau between two NASWOT scores of the same networks (another batch and
 init seed): how much of NASWOT's order is the score's own noise.
 
-No training happens: it takes seconds. Writes ``proxy_tau_<dataset>.csv`` (one row per architecture
+No training happens: it takes seconds (a supernet scores on its held-out split: minutes). Writes ``proxy_tau_<dataset>.csv`` (one row per architecture
 and point) and ``.md`` (tau per point) into ``--out``. The architectures were not drawn for this
 test (random draws, early/late pairs, search exports), so tau is over whatever has been retrained.
 """
@@ -32,14 +35,11 @@ import torch
 
 from experiments.early_blocks import early_blocks
 from experiments.markdown import md_table, report
-from experiments.ranking import tau
+from experiments.ranking import supernet_scores, tau
 from experiments.search_vs_random import BAND_LO, INPUT, ROOT, band_setting, parse_grid, recipe_dir
 from nas.data import get_dataset
 from nas.loops import set_threads
 from search_spaces.naswot import naswot_scores
-
-SCORES = ("naswot", "-params", "macs", "early")
-
 
 def retrained(folder: Path) -> pd.DataFrame:
     """One row per quadra architecture retrained in ``folder``: choices, mean top-1 over seeds, seeds,
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="fashion_mnist", choices=sorted(INPUT))
     p.add_argument("--batch", type=int, default=64, help="images per NASWOT code kernel")
     p.add_argument("--init-seed", type=int, default=0, help="seed of the networks' initialisation")
+    p.add_argument("--supernet", default=None, metavar="VARIANT",
+                   help="also score by this search variant's supernet at each point (seed --search-seed)")
+    p.add_argument("--search-seed", type=int, default=0, help="the search seed of --supernet")
     p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     a = p.parse_args(argv)
@@ -93,23 +96,33 @@ def main(argv: list[str] | None = None) -> int:
         inside = inside.assign(point=point.tag, naswot=naswot_scores(nets, images, a.init_seed),
                                naswot_other=naswot_scores(nets, batches[1], a.init_seed + 1),
                                early=[early_blocks(band.space, c, 2) for c in choices])
-        rows.append(inside)
         signed = {"naswot": inside.naswot, "-params": -inside.params, "macs": inside.macs, "early": inside.early}
+        if a.supernet:
+            run = a.root / "search" / a.dataset / a.supernet / point.tag / f"seed{a.search_seed}"
+            if not (run / "checkpoint.pt").exists():
+                print(f"note: no supernet in {run}; {point.tag} skipped", file=sys.stderr)
+                continue
+            inside = inside.assign(supernet=supernet_scores(run, nets))
+            signed["supernet"] = inside.supernet
+        rows.append(inside)
         summary.append({"point": point.tag, "predictor": band.table.predictor, "archs": len(inside),
-                        **{f"tau {s}": round(tau(inside.top1, signed[s]), 3) for s in SCORES},
+                        **{f"tau {s}": round(tau(inside.top1, signed[s]), 3) for s in signed},
                         "naswot stability": round(tau(inside.naswot, inside.naswot_other), 3)})
     if not rows:
         print(f"error: none of the {len(archs)} retrained architectures lies in a band of {a.grid}", file=sys.stderr)
         return 1
     table = pd.concat(rows, ignore_index=True)[["point", "choices", "latency_ms", "top1", "seeds", "naswot",
-                                                "naswot_other", "params", "macs", "early"]]
+                                                "naswot_other", "params", "macs", "early",
+                                                *(["supernet"] if a.supernet else [])]]
     lines = [f"# Training-free scores vs retrained top-1 ({a.dataset}, recipe `{a.recipe}`)", "",
              f"Kendall tau per band [{BAND_LO} T, T] over the retrained architectures in it (top-1: mean over "
              f"retrain seeds). NASWOT on {len(images)} training images, init seed {a.init_seed}; `naswot stability`: "
              f"tau between that score and one on the next {len(batches[1])} images with init seed {a.init_seed + 1}. "
-             "Latencies are table sums of the predictor named per band.", "",
+             "Latencies are table sums of the predictor named per band."
+             + (f" `supernet`: held-out top-1 with the inherited weights of the `{a.supernet}` supernet, search seed "
+                f"{a.search_seed}." if a.supernet else ""), "",
              md_table(pd.DataFrame(summary))]
-    report(a.out / f"proxy_tau_{a.dataset}", table, lines)
+    report(a.out / "_".join(filter(None, ["proxy_tau", a.dataset, a.supernet])), table, lines)
     return 0
 
 

@@ -5,9 +5,11 @@ import json
 import pandas as pd
 
 from experiments import proxy_tau
-from experiments.search_vs_random import parse_grid, random_archs, recipe_dir, retrain_run
+from experiments.search_vs_random import parse_grid, random_archs, recipe_dir, retrain_run, search_run
 
 RECIPE = "train.epochs=1 train.batch_size=32 dataset.limit=256"
+SEARCH = ("train.warmup_epochs=0 train.epochs=1 train.batch_size=32 log_devices=[vpu] dataset.limit=400 "
+          "derive.method=budgeted")
 
 
 def test_proxy_tau_reads_every_retrain_of_the_recipe_and_averages_seeds(tmp_path):
@@ -33,6 +35,13 @@ def test_proxy_tau_reads_every_retrain_of_the_recipe_and_averages_seeds(tmp_path
     other.mkdir(parents=True)
     (other / "results.json").write_text(json.dumps({**results[1], "top1": 0.0}))
     assert proxy_tau.main(args) == 0 and len(pd.read_csv(out / "proxy_tau_digits.csv")) == 3
+    # --supernet: the same architectures scored in a search variant's supernet, a table of its own
+    search_run(point, 0, root / "search" / "digits" / "tiny", SEARCH.split(), "digits")
+    assert proxy_tau.main([*args, "--supernet", "tiny"]) == 0
+    scored = pd.read_csv(out / "proxy_tau_digits_tiny.csv")
+    assert len(scored) == 3 and scored.supernet.between(0, 1).all()
+    assert "tau supernet" in (out / "proxy_tau_digits_tiny.md").read_text()
+    assert "supernet" not in pd.read_csv(out / "proxy_tau_digits.csv")
 
 
 def test_proxy_tau_errors_name_the_problem(tmp_path, capsys):
