@@ -62,13 +62,11 @@ def variance_components(rows: pd.DataFrame, level: float = 0.9) -> dict[str, flo
     carries (``mean(1/n_i)`` of it), clipped at 0. ``sigma_a_lo``/``sigma_a_hi``: a ``level`` interval
     from the chi-square interval of the variance of the means (the seed variance taken as known). NaN
     where the rows cannot tell (no repeated seed, fewer than two architectures)."""
-    groups = [g.top1.to_numpy() for _, g in rows.groupby("arch")]
-    dof = sum(len(g) - 1 for g in groups)
-    if dof == 0 or len(groups) < 2:
+    n = noise_stats(rows)
+    var_e, var_means, m = n["within_arch_std"] ** 2, n["between_arch_means_std"] ** 2, n["n_archs"]
+    if np.isnan(var_e) or np.isnan(var_means):
         return dict.fromkeys(("sigma_e", "sigma_a", "sigma_a_lo", "sigma_a_hi"), float("nan"))
-    var_e = sum(((g - g.mean()) ** 2).sum() for g in groups) / dof
-    var_means, m = np.var([g.mean() for g in groups], ddof=1), len(groups)
-    noise_in_means = var_e * np.mean([1 / len(g) for g in groups])
+    noise_in_means = var_e * float(np.mean(1 / rows.groupby("arch").size()))
 
     def sigma_a(var: float) -> float:
         return float(np.sqrt(max(0.0, var - noise_in_means)))
