@@ -14,11 +14,12 @@ point of ``--grid``, keeps the architectures whose table latency on that device 
 with ``--supernet VARIANT``, also against ``supernet``: held-out top-1 of each architecture's path in
 the finished supernet of that search variant at the point (search seed ``--search-seed``; what
 ``derive.method=select`` ranks by, :func:`experiments.ranking.supernet_scores`); the tables are then
-named ``proxy_tau_<dataset>_<variant>``. And, as ``naswot stability``, tau between two NASWOT scores of the same networks (another batch and
-init seed): how much of NASWOT's order is the score's own noise.
+named ``proxy_tau_<dataset>_<variant>``. And, as ``naswot stability``, tau between two NASWOT scores
+of the same networks (another batch and init seed): how much of NASWOT's order is the score's own noise.
 
-No training happens: it takes seconds (a supernet scores on its held-out split: minutes). Writes ``proxy_tau_<dataset>.csv`` (one row per architecture
-and point) and ``.md`` (tau per point) into ``--out``. The architectures were not drawn for this
+No training happens: it takes seconds (a supernet scores on its held-out split: minutes). Writes
+``proxy_tau_<dataset>.csv`` (one row per architecture and point) and ``.md`` (tau per point) into
+``--out``. The architectures were not drawn for this
 test (random draws, early/late pairs, search exports), so tau is over whatever has been retrained.
 """
 
@@ -40,6 +41,7 @@ from experiments.search_vs_random import BAND_LO, INPUT, ROOT, band_setting, par
 from nas.data import get_dataset
 from nas.loops import set_threads
 from search_spaces.naswot import naswot_scores
+
 
 def retrained(folder: Path) -> pd.DataFrame:
     """One row per quadra architecture retrained in ``folder``: choices, mean top-1 over seeds, seeds,

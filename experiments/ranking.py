@@ -97,7 +97,8 @@ def block_effect(run_dir: Path, eval_images: int | None = None) -> pd.DataFrame:
     for op in names:
         out = base if op == skip else logits(op)
         gammas = [p.abs().mean().item() for m in model.mixed_ops()
-                  for n, p in m.candidates[m.names.index(op)].named_parameters() if n.split(".")[-1].startswith("gamma")]
+                  for n, p in m.candidates[m.names.index(op)].named_parameters()
+                  if n.split(".")[-1].startswith("gamma")]
         rows.append({"op": op, "top1": (out.argmax(1) == labels).float().mean().item(),
                      "logit_change": ((out - base).abs().mean() / base.abs().mean()).item(),
                      "gamma_over_init": (float(np.mean(gammas)) / cfg.train.layer_scale_init

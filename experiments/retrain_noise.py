@@ -40,7 +40,6 @@ from experiments.markdown import md_table, report
 from experiments.search_vs_random import add_run_args, parse_grid, parse_seeds, random_archs, retrain_all
 from search_spaces.arch import Arch
 
-
 ORACLE_CANDIDATES = (5, 10, 33, 129)  # K draws; K=10; derive.candidates 32 (+1 budgeted); 128 (+1)
 
 
