@@ -19,8 +19,8 @@ of the same networks (another batch and init seed): how much of NASWOT's order i
 
 No training happens: it takes seconds (a supernet scores on its held-out split: minutes). Writes
 ``proxy_tau_<dataset>.csv`` (one row per architecture and point) and ``.md`` (tau per point) into
-``--out``. The architectures were not drawn for this
-test (random draws, early/late pairs, search exports), so tau is over whatever has been retrained.
+``--out``. The architectures were not drawn for this test (random draws, early/late pairs, search
+exports), so tau is over whatever has been retrained.
 """
 
 from __future__ import annotations

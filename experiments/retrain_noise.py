@@ -87,11 +87,12 @@ def best_of_gain(sigma: float, n: int) -> float:
 
 def ceiling_lines(rows: pd.DataFrame, k: int, search_seeds: int, candidates: tuple[int, ...]) -> list[str]:
     """The report's lines on what the band allows a selector (random draws' rows only)."""
-    v = variance_components(rows[rows.kind == "random"])
+    random = rows[rows.kind == "random"]
+    v = variance_components(random)
     if np.isnan(v["sigma_a"]):
         return ["- what the band allows a selector: needs two or more random draws with repeated seeds"]
     sigma_e, sigma_a = v["sigma_e"], v["sigma_a"]
-    n_draws = rows[rows.kind == "random"].arch.nunique()
+    n_draws = random.arch.nunique()
     se = np.sqrt(sigma_e ** 2 / search_seeds + (sigma_a ** 2 + sigma_e ** 2) / k)
     gains = ", ".join(f"best of {n}: +{100 * best_of_gain(sigma_a, n):.2f} pt" for n in candidates)
     return [f"- random draws, seed noise taken out (random-effects model, {n_draws} draws): architecture std "
