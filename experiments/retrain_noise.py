@@ -18,8 +18,11 @@ Prints per architecture the top-1 mean +- std over ``--seeds``, then
 * what the band allows any selector (:func:`variance_components`, :func:`best_of_gain`), from the
   random draws only (the exports are not a random sample of the band): the spread of the
   architectures' true top-1 with the seed noise taken out, the gain over the band's mean of an
-  oracle that knows every candidate's true top-1 and keeps the best of N, and the standard error
-  of the benchmark's delta (searched mean of S seeds minus the mean of K draws, one retrain each).
+  oracle that knows every candidate's true top-1 and keeps the best of N, the same for a selector that
+  retrains every candidate once (the benchmark's own recipe as the score), the Kendall tau between two
+  retrain seeds (observed, and under the model: how well any in-band score can rank against one
+  retrain), and the standard error of the benchmark's delta (searched mean of S seeds minus the mean
+  of K draws, one retrain each).
   These assume normal spreads; one bad architecture in the band (a long low tail) breaks that.
 
 Writes ``retrain_noise_<dataset>_<variant>_<device>-<target>.csv``/``.md`` into ``--out``. Resumable: rerun
@@ -76,13 +79,33 @@ def variance_components(rows: pd.DataFrame, level: float = 0.9) -> dict[str, flo
             "sigma_a_hi": sigma_a((m - 1) * var_means / stats.chi2.ppf(tail, m - 1))}
 
 
-def best_of_gain(sigma: float, n: int) -> float:
-    """Expected excess over the mean of the best of ``n`` independent normal draws of std ``sigma``:
-    ``sigma * E[max of n standard normals]`` (0 for one draw, ``sigma / sqrt(pi)`` for two)."""
+def best_of_gain(sigma: float, n: int, noise: float = 0.0) -> float:
+    """Expected excess over the mean of the best of ``n`` independent normal draws of std ``sigma``, when
+    each is picked by its value plus independent normal noise of std ``noise`` (a score that measures the
+    true value only noisily): ``sigma**2 / sqrt(sigma**2 + noise**2) * E[max of n standard normals]``, the
+    regression of the true value on the score. ``noise=0`` is the oracle, ``sigma * E[max]`` (0 for one
+    draw, ``sigma / sqrt(pi)`` for two)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if sigma == 0.0:
+        return 0.0
     e_max, _ = integrate.quad(lambda z: z * n * stats.norm.pdf(z) * stats.norm.cdf(z) ** (n - 1), -np.inf, np.inf)
-    return sigma * e_max
+    return sigma ** 2 / float(np.hypot(sigma, noise)) * e_max
+
+
+def normal_tau(rho: float) -> float:
+    """Kendall tau of two jointly normal variables with correlation ``rho``: ``2 / pi * arcsin(rho)``."""
+    return float(2 / np.pi * np.arcsin(rho))
+
+
+def seed_tau(rows: pd.DataFrame, seeds: tuple[int, int] = (0, 1)) -> tuple[float, int]:
+    """Kendall tau between the top-1 of retrain seed ``seeds[0]`` and of ``seeds[1]`` over the architectures
+    retrained with both, and their number (NaN under two): how well one retrain ranks the band against
+    another, the most any in-band score can expect against one retrain."""
+    wide = rows.pivot_table(index="arch", columns="seed", values="top1").dropna(subset=list(seeds))
+    if len(wide) < 2:
+        return float("nan"), len(wide)
+    return float(stats.kendalltau(wide[seeds[0]], wide[seeds[1]]).statistic), len(wide)
 
 
 def ceiling_lines(rows: pd.DataFrame, k: int, search_seeds: int, candidates: tuple[int, ...]) -> list[str]:
@@ -95,11 +118,19 @@ def ceiling_lines(rows: pd.DataFrame, k: int, search_seeds: int, candidates: tup
     n_draws = random.arch.nunique()
     se = np.sqrt(sigma_e ** 2 / search_seeds + (sigma_a ** 2 + sigma_e ** 2) / k)
     gains = ", ".join(f"best of {n}: +{100 * best_of_gain(sigma_a, n):.2f} pt" for n in candidates)
+    rho = sigma_a ** 2 / (sigma_a ** 2 + sigma_e ** 2)  # corr of two retrains of one architecture
+    retrain_gains = ", ".join(f"best of {n}: +{100 * best_of_gain(sigma_a, n, sigma_e):.2f} pt" for n in candidates)
+    tau, n_both = seed_tau(random)
     return [f"- random draws, seed noise taken out (random-effects model, {n_draws} draws): architecture std "
             f"**{100 * sigma_a:.2f} pt** (90% interval {100 * v['sigma_a_lo']:.2f}-{100 * v['sigma_a_hi']:.2f}), "
             f"seed std {100 * sigma_e:.2f} pt",
             f"- an oracle that knows every candidate's true top-1 gains over the band's mean: {gains} (normal "
             f"spread, at the point estimate; scale by the interval)",
+            f"- a selector that retrains every candidate once with this recipe and keeps the best gains: "
+            f"{retrain_gains}",
+            f"- Kendall tau of two retrain seeds over the draws: {tau:.3f} ({n_both} draws); under the model, "
+            f"{normal_tau(rho):.3f} between two retrains and {normal_tau(np.sqrt(rho)):.3f} for an oracle score "
+            f"against one retrain",
             f"- standard error of the benchmark's delta ({search_seeds} search seeds vs {k} draws, one retrain each): "
             f"{100 * se:.2f} pt"]
 

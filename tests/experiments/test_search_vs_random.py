@@ -92,6 +92,20 @@ def test_best_of_gain_matches_known_order_statistics():
     assert retrain_noise.best_of_gain(1.0, 10) == pytest.approx(1.5388, abs=1e-4)  # tabulated E[max of 10]
     with pytest.raises(ValueError, match="n must be"):
         retrain_noise.best_of_gain(1.0, 0)
+    # picked by a score with noise as large as the spread: regression factor 1 / sqrt(2) of the oracle's gain
+    assert retrain_noise.best_of_gain(1.0, 10, noise=1.0) == pytest.approx(1.5388 / 2 ** 0.5, abs=1e-4)
+    assert retrain_noise.best_of_gain(0.0, 10, noise=1.0) == 0.0
+
+
+def test_normal_tau_and_seed_tau():
+    assert retrain_noise.normal_tau(0.0) == 0.0
+    assert retrain_noise.normal_tau(1.0) == pytest.approx(1.0)
+    assert retrain_noise.normal_tau(0.5) == pytest.approx(1 / 3)  # arcsin(1/2) = pi/6
+    # seeds agree on a < b and a < c, disagree on b vs c: 2 concordant, 1 discordant pair; d lacks seed 1
+    rows = pd.DataFrame({"arch": list("aabbccd"), "seed": [0, 1, 0, 1, 0, 1, 0],
+                         "top1": [0.80, 0.81, 0.85, 0.88, 0.86, 0.84, 0.99]})
+    assert retrain_noise.seed_tau(rows) == (pytest.approx(1 / 3), 3)
+    assert math.isnan(retrain_noise.seed_tau(rows[rows.arch.isin(["a", "d"])])[0])
 
 
 def test_grid_parsing_errors():
