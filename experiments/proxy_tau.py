@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         inside = archs[[lo <= m <= hi for m in ms]].assign(latency_ms=[m for m in ms if lo <= m <= hi])
         if inside.empty:
             continue
+        run = a.root / "search" / a.dataset / (a.supernet or "") / point.tag / f"seed{a.search_seed}"
+        if a.supernet and not (run / "checkpoint.pt").exists():
+            print(f"note: no supernet in {run}; {point.tag} skipped", file=sys.stderr)
+            continue
         choices = [tuple(c.split()) for c in inside.choices]
         nets = [band.train_space.arch(c) for c in choices]
         inside = inside.assign(point=point.tag, naswot=naswot_scores(nets, images, a.init_seed),
@@ -100,10 +104,6 @@ def main(argv: list[str] | None = None) -> int:
                                early=[early_blocks(band.space, c, 2) for c in choices])
         signed = {"naswot": inside.naswot, "-params": -inside.params, "macs": inside.macs, "early": inside.early}
         if a.supernet:
-            run = a.root / "search" / a.dataset / a.supernet / point.tag / f"seed{a.search_seed}"
-            if not (run / "checkpoint.pt").exists():
-                print(f"note: no supernet in {run}; {point.tag} skipped", file=sys.stderr)
-                continue
             inside = inside.assign(supernet=supernet_scores(run, nets))
             signed["supernet"] = inside.supernet
         rows.append(inside)
