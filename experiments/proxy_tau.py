@@ -13,8 +13,9 @@ point of ``--grid``, keeps the architectures whose table latency on that device 
 
 with ``--supernet VARIANT``, also against ``supernet``: held-out top-1 of each architecture's path in
 the finished supernet of that search variant at the point (search seed ``--search-seed``; what
-``derive.method=select`` ranks by, :func:`experiments.ranking.supernet_scores`); the tables are then
-named ``proxy_tau_<dataset>_<variant>``. And, as ``naswot stability``, tau between two NASWOT scores
+``derive.method=select`` ranks by, :func:`experiments.ranking.supernet_scores`), plus that supernet's
+block effect per point (:func:`experiments.ranking.block_effect`: do its blocks move its output at all);
+the tables are then named ``proxy_tau_<dataset>_<variant>``. And, as ``naswot stability``, tau between two NASWOT scores
 of the same networks (another batch and init seed): how much of NASWOT's order is the score's own noise.
 
 No training happens: it takes seconds (a supernet scores on its held-out split: minutes). Writes
@@ -36,7 +37,7 @@ import torch
 
 from experiments.early_blocks import early_blocks
 from experiments.markdown import md_table, report
-from experiments.ranking import supernet_scores, tau
+from experiments.ranking import block_effect, supernet_scores, tau
 from experiments.search_vs_random import BAND_LO, INPUT, ROOT, band_setting, parse_grid, recipe_dir
 from nas.data import get_dataset
 from nas.loops import set_threads
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     data, _ = get_dataset(a.dataset, "train", limit=2 * a.batch)
     batches = [torch.stack([data[i][0] for i in range(j * len(data) // 2, (j + 1) * len(data) // 2)]) for j in (0, 1)]
     images = batches[0]
-    rows, summary = [], []
+    rows, summary, effects = [], [], []
     for point in parse_grid(a.grid):
         band = band_setting(point, a.dataset)
         ms = [band.table.arch_ms(band.space.arch(c.split())) for c in archs.choices]
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.supernet:
             inside = inside.assign(supernet=supernet_scores(run, nets))
             signed["supernet"] = inside.supernet
+            effects.append(f"\n## Block effect in the supernet at {point.tag}\n\n"
+                           + md_table(block_effect(run).round(4)))
         rows.append(inside)
         summary.append({"point": point.tag, "predictor": band.table.predictor, "archs": len(inside),
                         **{f"tau {s}": round(tau(inside.top1, signed[s]), 3) for s in signed},
@@ -124,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
              + (f" `supernet`: held-out top-1 with the inherited weights of the `{a.supernet}` supernet, search seed "
                 f"{a.search_seed}." if a.supernet else ""), "",
              md_table(pd.DataFrame(summary))]
+    if effects:  # how much the candidate blocks move that supernet at all (experiments.ranking.block_effect)
+        lines += ["", "Block effect: every layer pinned to one candidate; held-out top-1, mean |logit change| from "
+                  "the all-identity network relative to its mean |logit|, and the candidates' layer scales over "
+                  "their initial value.", *effects]
     report(a.out / "_".join(filter(None, ["proxy_tau", a.dataset, a.supernet])), table, lines)
     return 0
 

@@ -40,7 +40,9 @@ def test_proxy_tau_reads_every_retrain_of_the_recipe_and_averages_seeds(tmp_path
     assert proxy_tau.main([*args, "--supernet", "tiny"]) == 0
     scored = pd.read_csv(out / "proxy_tau_digits_tiny.csv")
     assert len(scored) == 3 and scored.supernet.between(0, 1).all()
-    assert "tau supernet" in (out / "proxy_tau_digits_tiny.md").read_text()
+    md = (out / "proxy_tau_digits_tiny.md").read_text()
+    assert "tau supernet" in md and "## Block effect in the supernet at vpu-30ms" in md
+    assert "| identity | " in md and "| quadra_k3_e2 | " in md
     assert "supernet" not in pd.read_csv(out / "proxy_tau_digits.csv")
 
 
