@@ -14,9 +14,10 @@ point of ``--grid``, keeps the architectures whose table latency on that device 
 with ``--supernet VARIANT``, also against ``supernet``: held-out top-1 of each architecture's path in
 the finished supernet of that search variant at the point (search seed ``--search-seed``; what
 ``derive.method=select`` ranks by, :func:`experiments.ranking.supernet_scores`), plus that supernet's
-block effect per point (:func:`experiments.ranking.block_effect`: do its blocks move its output at all);
-the tables are then named ``proxy_tau_<dataset>_<variant>``. And, as ``naswot stability``, tau between two NASWOT scores
-of the same networks (another batch and init seed): how much of NASWOT's order is the score's own noise.
+block effect per point (:func:`experiments.ranking.block_effect`: do its blocks move its output at
+all); the tables are then named ``proxy_tau_<dataset>_<variant>``. And, as ``naswot stability``, tau
+between two NASWOT scores of the same networks (another batch and init seed): how much of NASWOT's
+order is the score's own noise.
 
 No training happens: it takes seconds (a supernet scores on its held-out split: minutes). Writes
 ``proxy_tau_<dataset>.csv`` (one row per architecture and point) and ``.md`` (tau per point) into
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         inside = archs[[lo <= m <= hi for m in ms]].assign(latency_ms=[m for m in ms if lo <= m <= hi])
         if inside.empty:
             continue
-        run = a.root / "search" / a.dataset / (a.supernet or "") / point.tag / f"seed{a.search_seed}"
-        if a.supernet and not (run / "checkpoint.pt").exists():
+        run = a.root / "search" / a.dataset / a.supernet / point.tag / f"seed{a.search_seed}" if a.supernet else None
+        if run is not None and not (run / "checkpoint.pt").exists():
             print(f"note: no supernet in {run}; {point.tag} skipped", file=sys.stderr)
             continue
         choices = [tuple(c.split()) for c in inside.choices]

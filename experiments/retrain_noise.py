@@ -101,7 +101,7 @@ def normal_tau(rho: float) -> float:
 def seed_tau(rows: pd.DataFrame, seeds: tuple[int, int] = (0, 1)) -> tuple[float, int]:
     """Kendall tau between the top-1 of retrain seed ``seeds[0]`` and of ``seeds[1]`` over the architectures
     retrained with both, and their number (NaN under two): how well one retrain ranks the band against
-    another, the most any in-band score can expect against one retrain."""
+    another (an oracle score does better, see :func:`normal_tau`)."""
     wide = rows.pivot_table(index="arch", columns="seed", values="top1").dropna(subset=list(seeds))
     if len(wide) < 2:
         return float("nan"), len(wide)
