@@ -40,6 +40,7 @@ import pandas as pd
 from scipy import integrate, stats
 
 from experiments.markdown import md_table, report
+from experiments.ranking import tau
 from experiments.search_vs_random import add_run_args, parse_grid, parse_seeds, random_archs, retrain_all
 from search_spaces.arch import Arch
 
@@ -100,12 +101,10 @@ def normal_tau(rho: float) -> float:
 
 def seed_tau(rows: pd.DataFrame, seeds: tuple[int, int] = (0, 1)) -> tuple[float, int]:
     """Kendall tau between the top-1 of retrain seed ``seeds[0]`` and of ``seeds[1]`` over the architectures
-    retrained with both, and their number (NaN under two): how well one retrain ranks the band against
-    another (an oracle score does better, see :func:`normal_tau`)."""
+    retrained with both, and their number (:func:`experiments.ranking.tau`: NaN under three): how well
+    one retrain ranks the band against another (an oracle score does better, see :func:`normal_tau`)."""
     wide = rows.pivot_table(index="arch", columns="seed", values="top1").dropna(subset=list(seeds))
-    if len(wide) < 2:
-        return float("nan"), len(wide)
-    return float(stats.kendalltau(wide[seeds[0]], wide[seeds[1]]).statistic), len(wide)
+    return tau(wide[seeds[0]], wide[seeds[1]]), len(wide)
 
 
 def ceiling_lines(rows: pd.DataFrame, k: int, search_seeds: int, candidates: tuple[int, ...]) -> list[str]:
@@ -123,7 +122,7 @@ def ceiling_lines(rows: pd.DataFrame, k: int, search_seeds: int, candidates: tup
                          f"({100 * best_of_gain(v['sigma_a_hi'], n, noise):.2f})" for n in candidates)
 
     rho = sigma_a ** 2 / (sigma_a ** 2 + sigma_e ** 2)  # corr of two retrains of one architecture
-    tau, n_both = seed_tau(random)
+    seeds_tau, n_both = seed_tau(random)
     return [f"- random draws, seed noise taken out (random-effects model, {n_draws} draws): architecture std "
             f"**{100 * sigma_a:.2f} pt** (90% interval {100 * v['sigma_a_lo']:.2f}-{100 * v['sigma_a_hi']:.2f}), "
             f"seed std {100 * sigma_e:.2f} pt",
@@ -131,7 +130,7 @@ def ceiling_lines(rows: pd.DataFrame, k: int, search_seeds: int, candidates: tup
             f"spread; at the point estimate, in brackets at the interval's upper end)",
             f"- a selector that retrains every candidate once with this recipe and keeps the best gains: "
             f"{gains(sigma_e)}",
-            f"- Kendall tau of two retrain seeds over the draws: {tau:.3f} ({n_both} draws); under the model, "
+            f"- Kendall tau of two retrain seeds over the draws: {seeds_tau:.3f} ({n_both} draws); under the model, "
             f"{normal_tau(rho):.3f} between two retrains and {normal_tau(np.sqrt(rho)):.3f} for an oracle score "
             f"against one retrain",
             f"- standard error of the benchmark's delta ({search_seeds} search seeds vs {k} draws, one retrain each): "
