@@ -10,6 +10,10 @@ point of ``--grid``, keeps the architectures whose table latency on that device 
   (``--init-seed``) on the first ``--batch`` training images; what ``derive.method=naswot`` ranks by;
 * ``-params`` (fewer is better) and ``macs`` (at the training shape), two zero-cost baselines;
 * ``early``: blocks in the first two stages (the signal :mod:`experiments.early_blocks` measured);
+* ``train acc epN``: the retrain's own training accuracy over its epoch N, for every epoch but the
+  last (from its ``history.csv``; mean over seeds): what a selector would see that trains every
+  candidate for the first N epochs of the recipe and stops. It comes from the same runs as the top-1
+  it is compared with, so their shared seed noise flatters its tau;
 
 with ``--supernet VARIANT``, also against ``supernet``: held-out top-1 of each architecture's path in
 the finished supernet of that search variant at the point (search seed ``--search-seed``; what
@@ -47,19 +51,29 @@ from search_spaces.naswot import naswot_scores
 
 def retrained(folder: Path) -> pd.DataFrame:
     """One row per quadra architecture retrained in ``folder``: choices, mean top-1 over seeds, seeds,
-    params and MACs at the training shape."""
+    params and MACs at the training shape, and ``train_acc_ep<N>`` (mean over seeds) for every epoch of
+    the retrains' ``history.csv`` but the last."""
     rows = []
     for path in sorted(folder.glob("*/results.json")):
         r = json.loads(path.read_text())
         if r.get("space") == "quadra" and r.get("top1") is not None:
+            hist = path.parent / "history.csv"
+            accs = pd.read_csv(hist).train_acc.tolist() if hist.exists() else []
             rows.append({"choices": " ".join(r["choices"]), "top1": r["top1"], "params": r["params"],
-                         "macs": r["macs"]})
+                         "macs": r["macs"], **{f"train_acc_ep{n}": acc for n, acc in enumerate(accs[:-1], 1)}})
     if not rows:
         return pd.DataFrame(columns=["choices", "top1", "seeds", "params", "macs"])
     df = pd.DataFrame(rows)
+    epochs = {c: (c, "mean") for c in df.columns if c.startswith("train_acc_ep")}
     return (df.groupby("choices", sort=True)
               .agg(top1=("top1", "mean"), seeds=("top1", "size"), params=("params", "first"),
-                   macs=("macs", "first")).reset_index())
+                   macs=("macs", "first"), **epochs).reset_index())
+
+
+def epoch_columns(df: pd.DataFrame) -> list[str]:
+    """The ``train_acc_ep<N>`` columns known for every row of ``df``, by epoch."""
+    cols = [c for c in df.columns if c.startswith("train_acc_ep") and df[c].notna().all()]
+    return sorted(cols, key=lambda c: int(c.removeprefix("train_acc_ep")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                naswot_other=naswot_scores(nets, batches[1], a.init_seed + 1),
                                early=[early_blocks(band.space, c, 2) for c in choices])
         signed = {"naswot": inside.naswot, "-params": -inside.params, "macs": inside.macs, "early": inside.early}
+        signed |= {f"train acc ep{c.removeprefix('train_acc_ep')}": inside[c] for c in epoch_columns(inside)}
         if a.supernet:
             inside = inside.assign(supernet=supernet_scores(run, nets))
             signed["supernet"] = inside.supernet
@@ -117,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"error: none of the {len(archs)} retrained architectures lies in a band of {a.grid}", file=sys.stderr)
         return 1
-    table = pd.concat(rows, ignore_index=True)[["point", "choices", "latency_ms", "top1", "seeds", "naswot",
-                                                "naswot_other", "params", "macs", "early",
-                                                *(["supernet"] if a.supernet else [])]]
+    table = pd.concat(rows, ignore_index=True)
+    table = table[["point", "choices", "latency_ms", "top1", "seeds", "naswot", "naswot_other", "params", "macs",
+                   "early", *epoch_columns(table), *(["supernet"] if a.supernet else [])]]
     lines = [f"# Training-free scores vs retrained top-1 ({a.dataset}, recipe `{a.recipe}`)", "",
              f"Kendall tau per band [{BAND_LO} T, T] over the retrained architectures in it (top-1: mean over "
              f"retrain seeds). NASWOT on {len(images)} training images, init seed {a.init_seed}; `naswot stability`: "

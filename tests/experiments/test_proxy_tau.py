@@ -7,7 +7,7 @@ import pandas as pd
 from experiments import proxy_tau
 from experiments.search_vs_random import parse_grid, random_archs, recipe_dir, retrain_run, search_run
 
-RECIPE = "train.epochs=1 train.batch_size=32 dataset.limit=256"
+RECIPE = "train.epochs=2 train.batch_size=32 dataset.limit=256"
 SEARCH = ("train.warmup_epochs=0 train.epochs=1 train.batch_size=32 log_devices=[vpu] dataset.limit=400 "
           "derive.method=budgeted")
 
@@ -28,10 +28,15 @@ def test_proxy_tau_reads_every_retrain_of_the_recipe_and_averages_seeds(tmp_path
     first = rows[rows.choices == " ".join(results[0]["choices"])].iloc[0]
     assert first.seeds == 2 and abs(first.top1 - (results[0]["top1"] + second["top1"]) / 2) < 1e-9
     assert rows.naswot.notna().all() and rows.naswot.nunique() == 3 and rows.naswot_other.notna().all()
+    # a partial-training score: the first of the two epochs' training accuracy, averaged over seeds
+    hist = [pd.read_csv(retrain_run(paths[0], s, recipe, "digits", root)["run_dir"] + "/history.csv") for s in (0, 1)]
+    assert "train_acc_ep2" not in rows
+    assert abs(first.train_acc_ep1 - (hist[0].train_acc[0] + hist[1].train_acc[0]) / 2) < 1e-9
     md = (out / "proxy_tau_digits.md").read_text()
     assert "| vpu-30ms | standin/myriadvpu_openvino2019r2 | 3 |" in md and "gpu-0.5ms" not in md
+    assert "tau train acc ep1" in md
     # a retrain of another recipe is not read
-    other = recipe_dir(root, "digits", ["train.epochs=2"]) / "x-s0"
+    other = recipe_dir(root, "digits", ["train.epochs=3"]) / "x-s0"
     other.mkdir(parents=True)
     (other / "results.json").write_text(json.dumps({**results[1], "top1": 0.0}))
     assert proxy_tau.main(args) == 0 and len(pd.read_csv(out / "proxy_tau_digits.csv")) == 3
