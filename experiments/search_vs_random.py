@@ -262,6 +262,11 @@ def _row(kind: str, variant: str, point: Point, seed: int, res: dict, arch: Arch
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (device, target, variant): the searched exports against the random draws.
+
+    ``delta_se_pt`` is the standard error of ``delta_vs_random_pt`` if the search were one more random
+    pick in the band: the draws' std times sqrt(1/S + 1/K) for S searched and K random retrains. A delta
+    within about two of it is what random picks give by chance."""
     out = []
     for (device, target), g in rows.groupby(["device", "target_ms"], sort=False):
         rnd = g[g.kind == "random"].top1
@@ -273,6 +278,8 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
                         "n_seeds": len(s), "random_top1": rnd.mean(),
                         "random_std": rnd.std(ddof=1) if len(rnd) > 1 else np.nan, "random_median": rnd.median(),
                         "best_random": rnd.max(), "n_random": len(rnd), "delta_vs_random_pt": 100 * (mean - rnd.mean()),
+                        "delta_se_pt": (100 * rnd.std(ddof=1) * np.sqrt(1 / len(s) + 1 / len(rnd))
+                                        if len(rnd) > 1 else np.nan),
                         "rank": int((rnd > mean).sum()) + 1})
         if g[g.kind == "searched"].empty and len(rnd):
             out.append({"device": device, "target_ms": target, "variant": "(none yet)", "random_top1": rnd.mean(),
@@ -286,7 +293,7 @@ def markdown(summary: pd.DataFrame, recipe: list[str], note: str) -> str:
     lines = [f"# Searched vs random architectures at equal latency\n\nRetrain recipe: `{' '.join(recipe)}` "
              f"(+ {' '.join(BENCH_EVAL)}). Random: K draws with table latency in [0.9T, T]. {note}\n",
              "| device | target ms | variant | exported ms | searched top-1 (mean +- std, n) | random top-1 "
-             "(mean +- std, n) | random median | best random | delta pt | rank |", "|" + "---|" * 10]
+             "(mean +- std, n) | random median | best random | delta pt (SE) | rank |", "|" + "---|" * 10]
     for r in summary.to_dict("records"):
         def f(v, fmt="{:.4f}"):
             return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
@@ -294,7 +301,8 @@ def markdown(summary: pd.DataFrame, recipe: list[str], note: str) -> str:
                      f"{f(r.get('searched_top1'))} +- {f(r.get('searched_std'))} ({f(r.get('n_seeds'), '{:.0f}')}) | "
                      f"{f(r['random_top1'])} +- {f(r['random_std'])} ({r['n_random']:.0f}) | {f(r['random_median'])} | "
                      f"{f(r['best_random'])} | "
-                     f"{f(r.get('delta_vs_random_pt'), '{:+.2f}')} | {f(r.get('rank'), '{:.0f}')} |")
+                     f"{f(r.get('delta_vs_random_pt'), '{:+.2f}')} ({f(r.get('delta_se_pt'), '{:.2f}')}) | "
+                     f"{f(r.get('rank'), '{:.0f}')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -125,3 +125,16 @@ def test_budget_grid_reports_exports_in_the_band(tmp_path):
     assert code == 0 and len(table) == 2 and table.in_band.all()
     assert ((table.used >= 0.9) & (table.used <= 1.0)).all()
     assert "2/2 exports within" in (tmp_path / "out" / "budget_grid.md").read_text()
+
+
+def test_summary_delta_and_its_standard_error():
+    rows = pd.DataFrame([{"device": "vpu", "target_ms": 30.0, "kind": "random", "variant": "", "top1": v,
+                          "latency_ms": 28.0} for v in (0.88, 0.89, 0.90, 0.91)]
+                        + [{"device": "vpu", "target_ms": 30.0, "kind": "searched", "variant": "x", "top1": v,
+                            "latency_ms": 29.0} for v in (0.90, 0.91)])
+    (r,) = search_vs_random.summarize(rows).to_dict("records")
+    assert r["delta_vs_random_pt"] == pytest.approx(100 * (0.905 - 0.895))
+    std = pd.Series([0.88, 0.89, 0.90, 0.91]).std(ddof=1)
+    assert r["delta_se_pt"] == pytest.approx(100 * std * (1 / 2 + 1 / 4) ** 0.5)
+    assert r["rank"] == 2 and r["used"] == pytest.approx(29 / 30)
+    assert "| +1.00 (1.12) | 2 |" in search_vs_random.markdown(search_vs_random.summarize(rows), [], "")
