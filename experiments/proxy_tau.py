@@ -46,6 +46,7 @@ from experiments.ranking import block_effect, supernet_scores, tau
 from experiments.search_vs_random import BAND_LO, INPUT, ROOT, band_setting, parse_grid, recipe_dir
 from nas.data import get_dataset
 from nas.loops import set_threads
+from nas.trainer import HISTORY
 from search_spaces.naswot import naswot_scores
 
 
@@ -57,7 +58,7 @@ def retrained(folder: Path) -> pd.DataFrame:
     for path in sorted(folder.glob("*/results.json")):
         r = json.loads(path.read_text())
         if r.get("space") == "quadra" and r.get("top1") is not None:
-            hist = path.parent / "history.csv"
+            hist = path.parent / HISTORY
             accs = pd.read_csv(hist).train_acc.tolist() if hist.exists() else []
             rows.append({"choices": " ".join(r["choices"]), "top1": r["top1"], "params": r["params"],
                          "macs": r["macs"], **{f"train_acc_ep{n}": acc for n, acc in enumerate(accs[:-1], 1)}})

@@ -125,10 +125,10 @@ def measure(models: dict[tuple[str, str], nn.Module], hw: int, batches=(1, 32), 
     return pd.DataFrame(rows)
 
 
-def ratios(raw: pd.DataFrame, macs: dict[str, int] | None = None) -> pd.DataFrame:
+def ratios(raw: pd.DataFrame, macs: dict[str, int]) -> pd.DataFrame:
     """QuadraNet36-T (each impl) vs each baseline in the same memory format: latency ratio at the smallest
-    batch, throughput ratio at the largest, per thread count, with the paper's A100 throughput ratio and,
-    given ``macs`` (per model name), the MACs ratio."""
+    batch, throughput ratio at the largest, per thread count, with the paper's A100 throughput ratio and
+    the MACs ratio (``macs`` per model name)."""
     b_lat, b_thr = raw.batch.min(), raw.batch.max()
     idx = raw.set_index(["model", "format", "batch", "threads"])
     quads = [m for m in raw.model.unique() if m.startswith(QUADRA)]
@@ -139,12 +139,10 @@ def ratios(raw: pd.DataFrame, macs: dict[str, int] | None = None) -> pd.DataFram
                 for t in sorted(raw.threads.unique()):
                     lat = idx.loc[(q, f, b_lat, t), "ms_median"] / idx.loc[(base, f, b_lat, t), "ms_median"]
                     thr = idx.loc[(q, f, b_thr, t), "img_per_s"] / idx.loc[(base, f, b_thr, t), "img_per_s"]
-                    row = {"quadranet": q, "baseline": base, "format": f, "threads": t,
-                           f"latency_ratio_b{b_lat}": lat, f"throughput_ratio_b{b_thr}": thr,
-                           "paper_throughput_ratio_A100": PAPER_THROUGHPUT[QUADRA] / PAPER_THROUGHPUT[base]}
-                    if macs:
-                        row["macs_ratio"] = macs[QUADRA] / macs[base]
-                    rows.append(row)
+                    rows.append({"quadranet": q, "baseline": base, "format": f, "threads": t,
+                                 f"latency_ratio_b{b_lat}": lat, f"throughput_ratio_b{b_thr}": thr,
+                                 "paper_throughput_ratio_A100": PAPER_THROUGHPUT[QUADRA] / PAPER_THROUGHPUT[base],
+                                 "macs_ratio": macs[QUADRA] / macs[base]})
     return pd.DataFrame(rows)
 
 
