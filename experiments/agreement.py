@@ -37,7 +37,15 @@ import pandas as pd
 from experiments.early_blocks import early_blocks
 from experiments.markdown import report
 from experiments.ranking import block_effect, supernet_scores, tau
-from experiments.search_vs_random import BAND_LO, INPUT, ROOT, draw_band, parse_grid, parse_seeds, search_run
+from experiments.search_vs_random import (
+    BAND_LO,
+    ROOT,
+    add_folder_args,
+    draw_band,
+    parse_grid,
+    parse_seeds,
+    search_run,
+)
 from nas.loops import set_threads
 from search_spaces.blocks import SKIP_OPS
 from search_spaces.io import atomic_write_text
@@ -80,10 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draw-seed", type=int, default=1, help="seed of the pool (early_blocks uses 1)")
     p.add_argument("--eval-images", type=int, default=None,
                    help="score on the first N held-out images of each search (default: all of them)")
-    p.add_argument("--dataset", default="fashion_mnist", choices=sorted(INPUT))
+    add_folder_args(p)
     p.add_argument("--jobs", type=int, default=2, help="searches and scorings side by side (1 thread each)")
-    p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
-    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     p.add_argument("--report-only", action="store_true", help="tables from finished searches; search nothing")
     a = p.parse_args(argv)
     try:

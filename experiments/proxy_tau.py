@@ -43,7 +43,7 @@ import torch
 from experiments.early_blocks import early_blocks
 from experiments.markdown import md_table, report
 from experiments.ranking import block_effect, supernet_scores, tau
-from experiments.search_vs_random import BAND_LO, INPUT, ROOT, band_setting, parse_grid, recipe_dir
+from experiments.search_vs_random import BAND_LO, add_folder_args, band_setting, parse_grid, recipe_dir
 from nas.data import get_dataset
 from nas.loops import set_threads
 from nas.trainer import HISTORY
@@ -82,14 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", default="vpu:30ms,cpu:30ms,gpu:1ms", help="bands [0.9T, T] as device:target")
     p.add_argument("--recipe", default="train.epochs=3", help="the retrains' nas.retrain overrides (as given to "
                    "the benchmarks)")
-    p.add_argument("--dataset", default="fashion_mnist", choices=sorted(INPUT))
+    add_folder_args(p)
     p.add_argument("--batch", type=int, default=64, help="images per NASWOT code kernel")
     p.add_argument("--init-seed", type=int, default=0, help="seed of the networks' initialisation")
     p.add_argument("--supernet", default=None, metavar="VARIANT",
                    help="also score by this search variant's supernet at each point (seed --search-seed)")
     p.add_argument("--search-seed", type=int, default=0, help="the search seed of --supernet")
-    p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
-    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     a = p.parse_args(argv)
     if a.batch < 2:
         p.error(f"--batch {a.batch}: NASWOT needs at least 2 images")

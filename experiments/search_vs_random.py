@@ -96,14 +96,20 @@ def parse_seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",") if s != ""]
 
 
-def add_run_args(p: argparse.ArgumentParser, report_only_help: str) -> None:
-    """The options every benchmark that retrains through :func:`retrain_run` shares: recipe, dataset,
-    side-by-side jobs, run folders, output folder and ``--report-only``."""
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="nas.retrain overrides shared by all retrains")
+def add_folder_args(p: argparse.ArgumentParser) -> None:
+    """The options of every benchmark that reads or writes the shared run folders: dataset, run folders
+    (``--root``) and output folder (``--out``)."""
     p.add_argument("--dataset", default="fashion_mnist", choices=sorted(INPUT))
-    p.add_argument("--jobs", type=int, default=2, help="processes side by side (1 thread each)")
     p.add_argument("--root", type=Path, default=ROOT / "experiments" / "runs")
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+
+
+def add_run_args(p: argparse.ArgumentParser, report_only_help: str) -> None:
+    """The options every benchmark that retrains through :func:`retrain_run` shares: recipe, side-by-side
+    jobs and ``--report-only``, and :func:`add_folder_args`."""
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="nas.retrain overrides shared by all retrains")
+    add_folder_args(p)
+    p.add_argument("--jobs", type=int, default=2, help="processes side by side (1 thread each)")
     p.add_argument("--report-only", action="store_true", help=report_only_help)
 
 
