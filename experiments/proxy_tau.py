@@ -21,7 +21,9 @@ the finished supernet of that search variant at the point (search seed ``--searc
 block effect per point (:func:`experiments.ranking.block_effect`: do its blocks move its output at
 all); the tables are then named ``proxy_tau_<dataset>_<variant>``. And, as ``naswot stability``, tau
 between two NASWOT scores of the same networks (another batch and init seed): how much of NASWOT's
-order is the score's own noise.
+order is the score's own noise. A second table (:func:`cross_seed`) ranks each band across retrain
+seeds, so that no seed noise is shared: seed 0's top-1 and training accuracy per epoch against seed
+1's top-1.
 
 No training happens: it takes seconds (a supernet scores on its held-out split: minutes). Writes
 ``proxy_tau_<dataset>.csv`` (one row per architecture and point) and ``.md`` (tau per point) into
@@ -50,25 +52,46 @@ from nas.trainer import HISTORY
 from search_spaces.naswot import naswot_scores
 
 
-def retrained(folder: Path) -> pd.DataFrame:
-    """One row per quadra architecture retrained in ``folder``: choices, mean top-1 over seeds, seeds,
-    params and MACs at the training shape, and ``train_acc_ep<N>`` (mean over seeds) for every epoch of
-    the retrains' ``history.csv`` but the last."""
+def runs(folder: Path) -> pd.DataFrame:
+    """One row per finished retrain of a quadra architecture in ``folder``: choices, seed, test top-1,
+    params and MACs at the training shape, and ``train_acc_ep<N>`` for every epoch of its
+    ``history.csv`` but the last."""
     rows = []
     for path in sorted(folder.glob("*/results.json")):
         r = json.loads(path.read_text())
         if r.get("space") == "quadra" and r.get("top1") is not None:
             hist = path.parent / HISTORY
             accs = pd.read_csv(hist).train_acc.tolist() if hist.exists() else []
-            rows.append({"choices": " ".join(r["choices"]), "top1": r["top1"], "params": r["params"],
-                         "macs": r["macs"], **{f"train_acc_ep{n}": acc for n, acc in enumerate(accs[:-1], 1)}})
-    if not rows:
+            rows.append({"choices": " ".join(r["choices"]), "seed": r["config"]["seed"], "top1": r["top1"],
+                         "params": r["params"], "macs": r["macs"],
+                         **{f"train_acc_ep{n}": acc for n, acc in enumerate(accs[:-1], 1)}})
+    return pd.DataFrame(rows, columns=None if rows else ["choices", "seed", "top1", "params", "macs"])
+
+
+def retrained(per_run: pd.DataFrame) -> pd.DataFrame:
+    """One row per architecture of :func:`runs`: mean top-1 over seeds, seeds, params, MACs and
+    ``train_acc_ep<N>`` (mean over seeds)."""
+    if per_run.empty:
         return pd.DataFrame(columns=["choices", "top1", "seeds", "params", "macs"])
-    df = pd.DataFrame(rows)
-    epochs = {c: (c, "mean") for c in df.columns if c.startswith("train_acc_ep")}
-    return (df.groupby("choices", sort=True)
-              .agg(top1=("top1", "mean"), seeds=("top1", "size"), params=("params", "first"),
-                   macs=("macs", "first"), **epochs).reset_index())
+    epochs = {c: (c, "mean") for c in per_run.columns if c.startswith("train_acc_ep")}
+    return (per_run.groupby("choices", sort=True)
+                   .agg(top1=("top1", "mean"), seeds=("top1", "size"), params=("params", "first"),
+                        macs=("macs", "first"), **epochs).reset_index())
+
+
+def cross_seed(per_run: pd.DataFrame, first: int = 0, second: int = 1) -> dict[str, float]:
+    """Over the architectures retrained with both seeds: Kendall tau between seed ``second``'s top-1 and
+    (a) seed ``first``'s top-1, (b) seed ``first``'s training accuracy over each epoch but the last.
+    Unlike ``train acc epN`` of the main table, no seed noise is shared: (b) is what a selector that
+    trains each candidate for N epochs would achieve against an independent retrain, and (a) the
+    same for a selector that retrains each candidate fully once."""
+    a = per_run[per_run.seed == first].set_index("choices")
+    b = per_run[per_run.seed == second].set_index("choices")
+    both = a.index.intersection(b.index)
+    out = {"archs": len(both), f"tau top1 s{first}": tau(a.top1[both], b.top1[both]) if len(both) > 1 else None}
+    for col in epoch_columns(a.loc[both]):
+        out[f"tau train acc ep{col.removeprefix('train_acc_ep')} s{first}"] = tau(a[col][both], b.top1[both])
+    return out
 
 
 def epoch_columns(df: pd.DataFrame) -> list[str]:
@@ -93,14 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--batch {a.batch}: NASWOT needs at least 2 images")
     set_threads(1)
     folder = recipe_dir(a.root, a.dataset, shlex.split(a.recipe))
-    archs = retrained(folder)
+    per_run = runs(folder)
+    archs = retrained(per_run)
     if archs.empty:
         print(f"error: no finished retrain of recipe {a.recipe!r} in {folder}", file=sys.stderr)
         return 1
     data, _ = get_dataset(a.dataset, "train", limit=2 * a.batch)
     batches = [torch.stack([data[i][0] for i in range(j * len(data) // 2, (j + 1) * len(data) // 2)]) for j in (0, 1)]
     images = batches[0]
-    rows, summary, effects = [], [], []
+    rows, summary, crossed, effects = [], [], [], []
     for point in parse_grid(a.grid):
         band = band_setting(point, a.dataset)
         ms = [band.table.arch_ms(band.space.arch(c.split())) for c in archs.choices]
@@ -128,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         summary.append({"point": point.tag, "predictor": band.table.predictor, "archs": len(inside),
                         **{f"tau {s}": round(tau(inside.top1, signed[s]), 3) for s in signed},
                         "naswot stability": round(tau(inside.naswot, inside.naswot_other), 3)})
+        crossed.append({"point": point.tag, **{k: v if k == "archs" else "-" if v is None else round(v, 3) for k, v in
+                                               cross_seed(per_run[per_run.choices.isin(inside.choices)]).items()}})
     if not rows:
         print(f"error: none of the {len(archs)} retrained architectures lies in a band of {a.grid}", file=sys.stderr)
         return 1
@@ -141,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
              "Latencies are table sums of the predictor named per band."
              + (f" `supernet`: held-out top-1 with the inherited weights of the `{a.supernet}` supernet, search seed "
                 f"{a.search_seed}." if a.supernet else ""), "",
-             md_table(pd.DataFrame(summary))]
+             md_table(pd.DataFrame(summary)), "",
+             "Across retrain seeds, over the architectures of each band retrained with seeds 0 and 1: Kendall tau "
+             "between seed 1's top-1 and seed 0's top-1 (`tau top1 s0`: a selector that retrains every candidate "
+             "once) or seed 0's training accuracy over epoch N (`tau train acc epN s0`: one that trains them for N "
+             "epochs). No seed noise is shared here.", "",
+             md_table(pd.DataFrame(crossed))]
     if effects:  # how much the candidate blocks move that supernet at all (experiments.ranking.block_effect)
         lines += ["", "Block effect: every layer pinned to one candidate; held-out top-1, mean |logit change| from "
                   "the all-identity network relative to its mean |logit|, and the candidates' layer scales over "

@@ -35,6 +35,7 @@ def test_proxy_tau_reads_every_retrain_of_the_recipe_and_averages_seeds(tmp_path
     md = (out / "proxy_tau_digits.md").read_text()
     assert "| vpu-30ms | standin/myriadvpu_openvino2019r2 | 3 |" in md and "gpu-0.5ms" not in md
     assert "tau train acc ep1" in md
+    assert "| point | archs | tau top1 s0 | tau train acc ep1 s0 |" in md and "| vpu-30ms | 1 | - |" in md
     # a retrain of another recipe is not read
     other = recipe_dir(root, "digits", ["train.epochs=3"]) / "x-s0"
     other.mkdir(parents=True)
@@ -56,3 +57,15 @@ def test_proxy_tau_errors_name_the_problem(tmp_path, capsys):
     assert proxy_tau.main(args) == 1
     assert "no finished retrain of recipe" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_cross_seed_ranks_one_seed_by_the_other():
+    rows = [("a", 0, 0.1, 0.3), ("b", 0, 0.2, 0.2), ("c", 0, 0.3, 0.1), ("d", 0, 0.5, 0.5),
+            ("a", 1, 0.1, 0.0), ("b", 1, 0.3, 0.0), ("c", 1, 0.2, 0.0)]
+    per_run = pd.DataFrame(rows, columns=["choices", "seed", "top1", "train_acc_ep1"])
+    out = proxy_tau.cross_seed(per_run)
+    assert out["archs"] == 3  # d has no seed 1
+    assert abs(out["tau top1 s0"] - 1 / 3) < 1e-9  # 2 concordant pairs, 1 discordant
+    assert abs(out["tau train acc ep1 s0"] + 1 / 3) < 1e-9
+    assert proxy_tau.retrained(per_run.assign(params=1, macs=1)).set_index("choices").seeds.to_dict() == {
+        "a": 2, "b": 2, "c": 2, "d": 1}
