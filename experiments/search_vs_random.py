@@ -136,7 +136,8 @@ def _run(cmd: list[str], log_path: Path) -> None:
 
 @contextlib.contextmanager
 def _locked(run_dir: Path):
-    """One process at a time per run folder (two benchmark commands may share random retrains)."""
+    """One process at a time per run folder (two benchmark commands may share random retrains) or per
+    output folder (:func:`report`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".bench.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -398,22 +399,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(rows: pd.DataFrame, out: Path, recipe: list[str], dataset: str) -> None:
-    """Merge these rows into the committed tables (other variants' rows are kept) and print them."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Merge these rows into the committed tables (other variants' rows are kept) and print them. One
+    process at a time: two benchmark commands sharing ``out`` must not drop each other's rows."""
     csv = out / f"search_vs_random_{dataset}.csv"
-    if csv.exists():
-        rows = pd.concat([pd.read_csv(csv, keep_default_na=False), rows])
-    rows["variant"] = rows["variant"].fillna("").astype(str)
-    rows = rows.drop_duplicates(["kind", "variant", "device", "target_ms", "seed", "choices"], keep="last")
-    rows = rows.sort_values(["device", "target_ms", "kind", "variant", "seed"], ignore_index=True)
-    summary = summarize(rows)
-    note = ("Latencies are table sums from each device's predictor (see `predictor`: calibrated stand-ins, "
-            "not nn-Meter, on these machines).")
-    atomic_write_text(csv, rows.to_csv(index=False))
-    atomic_write_text(out / f"search_vs_random_{dataset}_summary.csv", summary.to_csv(index=False))
-    md = markdown(summary, recipe, note)
-    atomic_write_text(out / f"search_vs_random_{dataset}.md", md)
-    plot(rows, out / f"search_vs_random_{dataset}.png")
+    with _locked(out):
+        if csv.exists():
+            rows = pd.concat([pd.read_csv(csv, keep_default_na=False), rows])
+        rows["variant"] = rows["variant"].fillna("").astype(str)
+        rows = rows.drop_duplicates(["kind", "variant", "device", "target_ms", "seed", "choices"], keep="last")
+        rows = rows.sort_values(["device", "target_ms", "kind", "variant", "seed"], ignore_index=True)
+        summary = summarize(rows)
+        note = ("Latencies are table sums from each device's predictor (see `predictor`: calibrated stand-ins, "
+                "not nn-Meter, on these machines).")
+        atomic_write_text(csv, rows.to_csv(index=False))
+        atomic_write_text(out / f"search_vs_random_{dataset}_summary.csv", summary.to_csv(index=False))
+        md = markdown(summary, recipe, note)
+        atomic_write_text(out / f"search_vs_random_{dataset}.md", md)
+        plot(rows, out / f"search_vs_random_{dataset}.png")
     print(md)
 
 

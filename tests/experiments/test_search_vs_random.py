@@ -1,6 +1,7 @@
 """The search-vs-random benchmark and the ranking diagnostic, end to end on digits (tiny)."""
 
 import math
+import threading
 
 import pandas as pd
 import pytest
@@ -23,6 +24,15 @@ def test_benchmark_and_ranking_run_resume_and_share_retrains(tmp_path):
     assert ((rows.latency_ms >= 27.0) & (rows.latency_ms <= 30.0)).all()  # every draw and the export in the band
     summary = pd.read_csv(tmp_path / "out" / "search_vs_random_digits_summary.csv")
     assert len(summary) == 1 and 1 <= summary["rank"][0] <= 4 and summary.n_random[0] == 3
+    # the merge into --out waits while another benchmark process holds that folder
+    done = threading.Event()
+    with search_vs_random._locked(tmp_path / "out"):
+        writer = threading.Thread(target=lambda: (search_vs_random.report(
+            rows.iloc[:1], tmp_path / "out", RECIPE.split(), "digits"), done.set()))
+        writer.start()
+        assert not done.wait(1.0)
+    writer.join(60)
+    assert done.is_set() and len(pd.read_csv(tmp_path / "out" / "search_vs_random_digits.csv")) == len(rows)
     assert (tmp_path / "out" / "search_vs_random_digits.png").stat().st_size > 0
     assert "| vpu | 30 | tiny |" in (tmp_path / "out" / "search_vs_random_digits.md").read_text()
 
