@@ -79,7 +79,7 @@ def retrained(per_run: pd.DataFrame) -> pd.DataFrame:
                         macs=("macs", "first"), **epochs).reset_index())
 
 
-def cross_seed(per_run: pd.DataFrame, first: int = 0, second: int = 1) -> dict[str, float]:
+def cross_seed(per_run: pd.DataFrame, first: int = 0, second: int = 1) -> dict[str, float | None]:
     """Over the architectures retrained with both seeds: Kendall tau between seed ``second``'s top-1 and
     (a) seed ``first``'s top-1, (b) seed ``first``'s training accuracy over each epoch but the last.
     Unlike ``train acc epN`` of the main table, no seed noise is shared: (b) is what a selector that
@@ -88,10 +88,10 @@ def cross_seed(per_run: pd.DataFrame, first: int = 0, second: int = 1) -> dict[s
     a = per_run[per_run.seed == first].set_index("choices")
     b = per_run[per_run.seed == second].set_index("choices")
     both = a.index.intersection(b.index)
-    out = {"archs": len(both), f"tau top1 s{first}": tau(a.top1[both], b.top1[both]) if len(both) > 1 else None}
-    for col in epoch_columns(a.loc[both]):
-        out[f"tau train acc ep{col.removeprefix('train_acc_ep')} s{first}"] = tau(a[col][both], b.top1[both])
-    return out
+    scores = {f"top1 s{first}": a.top1[both]}
+    scores |= {f"train acc ep{c.removeprefix('train_acc_ep')} s{first}": a[c][both] for c in epoch_columns(a.loc[both])}
+    return {"archs": len(both),
+            **{f"tau {k}": tau(v, b.top1[both]) if len(both) > 1 else None for k, v in scores.items()}}
 
 
 def epoch_columns(df: pd.DataFrame) -> list[str]:

@@ -35,7 +35,7 @@ def test_proxy_tau_reads_every_retrain_of_the_recipe_and_averages_seeds(tmp_path
     md = (out / "proxy_tau_digits.md").read_text()
     assert "| vpu-30ms | standin/myriadvpu_openvino2019r2 | 3 |" in md and "gpu-0.5ms" not in md
     assert "tau train acc ep1" in md
-    assert "| point | archs | tau top1 s0 | tau train acc ep1 s0 |" in md and "| vpu-30ms | 1 | - |" in md
+    assert "| point | archs | tau top1 s0 | tau train acc ep1 s0 |" in md and "| vpu-30ms | 1 | - | - |" in md
     # a retrain of another recipe is not read
     other = recipe_dir(root, "digits", ["train.epochs=3"]) / "x-s0"
     other.mkdir(parents=True)
