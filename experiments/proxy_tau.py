@@ -45,6 +45,7 @@ import torch
 from experiments.early_blocks import early_blocks
 from experiments.markdown import md_table, report
 from experiments.ranking import block_effect, supernet_scores, tau
+from experiments.retrain_noise import seed_tau
 from experiments.search_vs_random import BAND_LO, add_folder_args, band_setting, parse_grid, recipe_dir
 from nas.data import get_dataset
 from nas.loops import set_threads
@@ -79,19 +80,17 @@ def retrained(per_run: pd.DataFrame) -> pd.DataFrame:
                         macs=("macs", "first"), **epochs).reset_index())
 
 
-def cross_seed(per_run: pd.DataFrame, first: int = 0, second: int = 1) -> dict[str, float | None]:
-    """Over the architectures retrained with both seeds: Kendall tau between seed ``second``'s top-1 and
-    (a) seed ``first``'s top-1, (b) seed ``first``'s training accuracy over each epoch but the last.
-    Unlike ``train acc epN`` of the main table, no seed noise is shared: (b) is what a selector that
-    trains each candidate for N epochs would achieve against an independent retrain, and (a) the
-    same for a selector that retrains each candidate fully once."""
-    a = per_run[per_run.seed == first].set_index("choices")
-    b = per_run[per_run.seed == second].set_index("choices")
-    both = a.index.intersection(b.index)
-    scores = {f"top1 s{first}": a.top1[both]}
-    scores |= {f"train acc ep{c.removeprefix('train_acc_ep')} s{first}": a[c][both] for c in epoch_columns(a.loc[both])}
-    return {"archs": len(both),
-            **{f"tau {k}": tau(v, b.top1[both]) if len(both) > 1 else None for k, v in scores.items()}}
+def cross_seed(per_run: pd.DataFrame, first: int = 0, second: int = 1) -> dict[str, float]:
+    """Over the architectures retrained with both seeds (:func:`experiments.retrain_noise.seed_tau`):
+    Kendall tau between seed ``second``'s top-1 and (a) seed ``first``'s top-1, (b) seed ``first``'s
+    training accuracy over each epoch but the last (NaN under three architectures). Unlike ``train acc
+    epN`` of the main table, no seed noise is shared: (b) is what a selector that trains each candidate
+    for N epochs would achieve against an independent retrain, and (a) the same for a selector that
+    retrains each candidate fully once."""
+    both = per_run[(per_run.seed == first) & per_run.choices.isin(per_run.choices[per_run.seed == second])]
+    scores = {"top1": "top1", **{f"train acc ep{c.removeprefix('train_acc_ep')}": c for c in epoch_columns(both)}}
+    return {"archs": len(both), **{f"tau {name} s{first}": seed_tau(per_run, (first, second), col, "choices")[0]
+                                   for name, col in scores.items()}}
 
 
 def epoch_columns(df: pd.DataFrame) -> list[str]:
@@ -152,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         summary.append({"point": point.tag, "predictor": band.table.predictor, "archs": len(inside),
                         **{f"tau {s}": round(tau(inside.top1, signed[s]), 3) for s in signed},
                         "naswot stability": round(tau(inside.naswot, inside.naswot_other), 3)})
-        crossed.append({"point": point.tag, **{k: v if k == "archs" else "-" if v is None else round(v, 3) for k, v in
-                                               cross_seed(per_run[per_run.choices.isin(inside.choices)]).items()}})
+        crossed.append({"point": point.tag, **cross_seed(per_run[per_run.choices.isin(inside.choices)])})
     if not rows:
         print(f"error: none of the {len(archs)} retrained architectures lies in a band of {a.grid}", file=sys.stderr)
         return 1
@@ -172,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
              "between seed 1's top-1 and seed 0's top-1 (`tau top1 s0`: a selector that retrains every candidate "
              "once) or seed 0's training accuracy over epoch N (`tau train acc epN s0`: one that trains them for N "
              "epochs). No seed noise is shared here.", "",
-             md_table(pd.DataFrame(crossed))]
+             md_table(pd.DataFrame(crossed).round(3).astype(object).fillna("-"))]
     if effects:  # how much the candidate blocks move that supernet at all (experiments.ranking.block_effect)
         lines += ["", "Block effect: every layer pinned to one candidate; held-out top-1, mean |logit change| from "
                   "the all-identity network relative to its mean |logit|, and the candidates' layer scales over "

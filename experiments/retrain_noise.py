@@ -99,12 +99,16 @@ def normal_tau(rho: float) -> float:
     return float(2 / np.pi * np.arcsin(rho))
 
 
-def seed_tau(rows: pd.DataFrame, seeds: tuple[int, int] = (0, 1)) -> tuple[float, int]:
-    """Kendall tau between the top-1 of retrain seed ``seeds[0]`` and of ``seeds[1]`` over the architectures
-    retrained with both, and their number (:func:`experiments.ranking.tau`: NaN under three): how well
-    one retrain ranks the band against another (an oracle score does better, see :func:`normal_tau`)."""
-    wide = rows.pivot_table(index="arch", columns="seed", values="top1").dropna(subset=list(seeds))
-    return tau(wide[seeds[0]], wide[seeds[1]]), len(wide)
+def seed_tau(rows: pd.DataFrame, seeds: tuple[int, int] = (0, 1), score: str = "top1",
+             key: str = "arch") -> tuple[float, int]:
+    """Kendall tau between retrain seed ``seeds[0]``'s ``score`` (its top-1 by default) and seed ``seeds[1]``'s
+    top-1 over the architectures (column ``key``) retrained with both, and their number
+    (:func:`experiments.ranking.tau`: NaN under three): how well one retrain ranks the band against
+    another (an oracle score does better, see :func:`normal_tau`)."""
+    first = rows[rows.seed == seeds[0]].groupby(key)[score].mean()
+    second = rows[rows.seed == seeds[1]].groupby(key).top1.mean()
+    both = first.index.intersection(second.index)
+    return tau(first[both], second[both]), len(both)
 
 
 def ceiling_lines(rows: pd.DataFrame, k: int, search_seeds: int, candidates: tuple[int, ...]) -> list[str]:
