@@ -36,7 +36,7 @@ import pandas as pd
 
 from experiments.early_blocks import early_blocks
 from experiments.markdown import report
-from experiments.ranking import block_effect, supernet_scores, tau
+from experiments.ranking import TrainedSupernet, block_effect, load_supernet, supernet_scores, tau
 from experiments.search_vs_random import (
     BAND_LO,
     ROOT,
@@ -53,18 +53,25 @@ from search_spaces.io import atomic_write_text
 TOP_FRACTION = 0.1  # "top" for the overlap count: the best 10% of the pool by one seed's scores
 
 
-def cached_scores(run_dir: Path, archs, key: str, eval_images: int | None) -> list[float]:
-    """Supernet scores of ``archs`` in ``run_dir``'s supernet (on the first ``eval_images`` held-out images,
-    None: all), read from / written to ``<key>.csv`` there."""
+def cached_scores(supernet: TrainedSupernet, run_dir: Path, archs, key: str) -> list[float]:
+    """Scores of ``archs`` in the supernet loaded from ``run_dir``, read from / written to ``<key>.csv``
+    there."""
     cache = run_dir / f"{key}.csv"
     choices = [" ".join(a.choices) for a in archs]
     if cache.exists():
         old = pd.read_csv(cache)
         if list(old.choices) == choices:
             return old.supernet_top1.tolist()
-    scores = supernet_scores(run_dir, archs, eval_images)
+    scores = supernet_scores(supernet, archs)
     atomic_write_text(cache, pd.DataFrame({"choices": choices, "supernet_top1": scores}).to_csv(index=False))
     return scores
+
+
+def score_run(run_dir: Path, archs, key: str, eval_images: int | None) -> tuple[list[float], pd.DataFrame]:
+    """One search seed's scores of ``archs`` (:func:`cached_scores`) and its block effect, both on the first
+    ``eval_images`` images of its held-out split (None: all)."""
+    supernet = load_supernet(run_dir, eval_images)
+    return cached_scores(supernet, run_dir, archs, key), block_effect(supernet)
 
 
 def _shown(path: Path) -> Path:
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = pd.DataFrame({"latency_ms": ms, "blocks": [sum(op not in SKIP_OPS for op in x.choices) for x in archs],
                          "early_blocks": [early_blocks(band.space, x.choices, 2) for x in archs]})
     with ThreadPoolExecutor(a.jobs) as pool:  # torch releases the GIL: one scoring thread per core
-        scores = list(pool.map(lambda run: cached_scores(run.parent, archs, key, a.eval_images), runs))
+        scores, effects = zip(*pool.map(lambda run: score_run(run.parent, archs, key, a.eval_images), runs))
     for s, col in zip(seeds, scores):
         rows[f"seed{s}"] = col
     rows["choices"] = [" ".join(c.replace("quadra_", "") for c in x.choices) for x in archs]
@@ -133,8 +140,6 @@ def main(argv: list[str] | None = None) -> int:
            "|---|---|---|---|---|---|---|"]
     md += [f"| {c} | {rows[c].mean():.4f} | {rows[c].std():.4f} | {rows[c].min():.4f} | {rows[c].max():.4f} | "
            f"{tau(rows[c], rows.early_blocks):.3f} | {tau(rows[c], rows.blocks):.3f} |" for c in cols]
-    with ThreadPoolExecutor(a.jobs) as pool:
-        effects = list(pool.map(lambda run: block_effect(run.parent, a.eval_images), runs))
     md += ["", "Block effect: every layer pinned to one candidate; top-1 on the same held-out images, mean |logit "
            "change| from the all-identity network relative to its mean |logit|, and the candidates' layer scales "
            "|gamma| over their initial value.", ""]

@@ -44,7 +44,7 @@ import torch
 
 from experiments.early_blocks import early_blocks
 from experiments.markdown import md_table, report
-from experiments.ranking import block_effect, supernet_scores, tau
+from experiments.ranking import block_effect, load_supernet, supernet_scores, tau
 from experiments.retrain_noise import seed_tau
 from experiments.search_vs_random import BAND_LO, add_folder_args, band_setting, parse_grid, recipe_dir
 from nas.data import get_dataset
@@ -143,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         signed = {"naswot": inside.naswot, "-params": -inside.params, "macs": inside.macs, "early": inside.early}
         signed |= {f"train acc ep{c.removeprefix('train_acc_ep')}": inside[c] for c in epoch_columns(inside)}
         if a.supernet:
-            inside = inside.assign(supernet=supernet_scores(run, nets))
+            supernet = load_supernet(run)
+            inside = inside.assign(supernet=supernet_scores(supernet, nets))
             signed["supernet"] = inside.supernet
             effects.append(f"\n## Block effect in the supernet at {point.tag}\n\n"
-                           + md_table(block_effect(run).round(4)))
+                           + md_table(block_effect(supernet).round(4)))
         rows.append(inside)
         summary.append({"point": point.tag, "predictor": band.table.predictor, "archs": len(inside),
                         **{f"tau {s}": round(tau(inside.top1, signed[s]), 3) for s in signed},

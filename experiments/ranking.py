@@ -23,6 +23,7 @@ import shlex
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -47,9 +48,18 @@ from search_spaces.blocks import SKIP_OPS
 from search_spaces.io import atomic_save_figure
 
 
-def _supernet(run_dir: Path, eval_images: int | None) -> tuple:
-    """The finished supernet of a search run (weights loaded) and a loader over its held-out split
-    (the first ``eval_images`` images; None: all)."""
+class TrainedSupernet(NamedTuple):
+    """A finished search's supernet (weights loaded), a loader over its held-out split and its layer
+    scales' initial value: what :func:`supernet_scores` and :func:`block_effect` evaluate."""
+
+    model: torch.nn.Module
+    loader: torch.utils.data.DataLoader
+    layer_scale_init: float
+
+
+def load_supernet(run_dir: Path, eval_images: int | None = None) -> TrainedSupernet:
+    """The supernet of the search run in ``run_dir`` with a loader over the first ``eval_images`` images
+    of that search's held-out split (None: all of them)."""
     state = load_checkpoint(run_dir / "checkpoint.pt", kind="supernet")
     cfg = OmegaConf.create(state["config"])
     setup = prepare(cfg, DistInfo())
@@ -58,26 +68,25 @@ def _supernet(run_dir: Path, eval_images: int | None) -> tuple:
     val = setup.val_part
     if eval_images is not None:
         val = torch.utils.data.Subset(val, range(min(eval_images, len(val))))
-    return st.model, make_loader(val, 256, False, 0), cfg
+    return TrainedSupernet(st.model, make_loader(val, 256, False, 0), cfg.train.layer_scale_init)
 
 
-def supernet_scores(run_dir: Path, archs: list[Arch], eval_images: int | None = None) -> list[float]:
-    """Held-out top-1 of each architecture's path in the supernet of a finished search run."""
-    model, loader, _ = _supernet(run_dir, eval_images)
+def supernet_scores(supernet: TrainedSupernet, archs: list[Arch]) -> list[float]:
+    """Held-out top-1 of each architecture's path in a finished search's supernet."""
     scores = []
     for arch in archs:
-        model.pin(arch.choices)
-        scores.append(evaluate(model, loader)["top1"])
+        supernet.model.pin(arch.choices)
+        scores.append(evaluate(supernet.model, supernet.loader)["top1"])
     return scores
 
 
-def block_effect(run_dir: Path, eval_images: int | None = None) -> pd.DataFrame:
+def block_effect(supernet: TrainedSupernet) -> pd.DataFrame:
     """How much the candidate blocks change the supernet's output at all: every layer pinned to one
     candidate in turn, held-out top-1 and the mean |logit change| from every layer pinned to identity,
     relative to the mean |logit| of that identity network; plus each candidate's mean layer-scale
     |gamma| over its initial value (1.0 = the blocks' layer scales never moved; NaN where a candidate
     has none). A path whose logits barely move cannot be told from its neighbours by the supernet."""
-    model, loader, cfg = _supernet(run_dir, eval_images)
+    model, loader = supernet.model, supernet.loader
     layers = [m.names for m in model.mixed_ops()]
     names = [n for n in layers[0] if all(n in x for x in layers)]  # candidates every layer offers
     skip = next((n for n in names if n in SKIP_OPS), None)
@@ -101,7 +110,7 @@ def block_effect(run_dir: Path, eval_images: int | None = None) -> pd.DataFrame:
                   if n.split(".")[-1].startswith("gamma")]
         rows.append({"op": op, "top1": (out.argmax(1) == labels).float().mean().item(),
                      "logit_change": ((out - base).abs().mean() / base.abs().mean()).item(),
-                     "gamma_over_init": (float(np.mean(gammas)) / cfg.train.layer_scale_init
+                     "gamma_over_init": (float(np.mean(gammas)) / supernet.layer_scale_init
                                          if gammas else float("nan"))})
     return pd.DataFrame(rows)
 
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     done = [(it, r) for it, r in zip(items, retrained) if r is not None]
     items, retrained = [it for it, _ in done], [r for _, r in done]
     archs = [Arch.load(path) for _, path in items]
-    scores = supernet_scores(arch_path.parent, archs)
+    scores = supernet_scores(load_supernet(arch_path.parent), archs)
     rows = pd.DataFrame([{"band_top_ms": band.target_ms, "latency_ms": arch.metadata["random_draw"]["ms"],
                           "supernet_top1": s, "retrained_top1": r["top1"],
                           "choices": " ".join(c.replace("quadra_", "") for c in arch.choices)}

@@ -28,7 +28,7 @@ def test_agreement_runs_on_digits_and_scores_each_pool_once(tmp_path):
     md = (tmp_path / "out" / "agreement_digits_tiny_vpu-30ms.md").read_text()
     assert "| seed0 vs seed1 |" in md and "| seed1 gamma / init |" in md
     folder = tmp_path / "runs" / "search" / "digits" / "tiny" / "vpu-30ms"
-    effect = ranking.block_effect(folder / "seed0", 40).set_index("op")
+    effect = ranking.block_effect(ranking.load_supernet(folder / "seed0", 40)).set_index("op")
     assert effect.top1.between(0, 1).all() and len(effect) == 7
     assert effect.loc["identity", "logit_change"] == 0 and effect.gamma_over_init.drop("identity").gt(0).all()
     assert effect.logit_change.drop("identity").gt(0).all()  # pinning a block everywhere changes the output
