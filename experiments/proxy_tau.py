@@ -14,6 +14,9 @@ point of ``--grid``, keeps the architectures whose table latency on that device 
   last (from its ``history.csv``; mean over seeds): what a selector would see that trains every
   candidate for the first N epochs of the recipe and stops. It comes from the same runs as the top-1
   it is compared with, so their shared seed noise flatters its tau;
+* with ``--proxy-recipe RECIPE``, ``recipe RECIPE``: the architecture's top-1 under that other (cheaper)
+  recipe, mean over its seeds, over the architectures retrained with both: does the cheaper
+  benchmark rank the band like this one;
 
 with ``--supernet VARIANT``, also against ``supernet``: held-out top-1 of each architecture's path in
 the finished supernet of that search variant at the point (search seed ``--search-seed``; what
@@ -93,6 +96,12 @@ def cross_seed(per_run: pd.DataFrame, first: int = 0, second: int = 1) -> dict[s
                                    for name, col in scores.items()}}
 
 
+def paired_tau(a: pd.Series, b: pd.Series) -> float:
+    """:func:`experiments.ranking.tau` over the rows where both are known."""
+    known = a.notna() & b.notna()
+    return tau(a[known], b[known])
+
+
 def epoch_columns(df: pd.DataFrame) -> list[str]:
     """The ``train_acc_ep<N>`` columns known for every row of ``df``, by epoch."""
     cols = [c for c in df.columns if c.startswith("train_acc_ep") and df[c].notna().all()]
@@ -110,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--supernet", default=None, metavar="VARIANT",
                    help="also score by this search variant's supernet at each point (seed --search-seed)")
     p.add_argument("--search-seed", type=int, default=0, help="the search seed of --supernet")
+    p.add_argument("--proxy-recipe", default=None, metavar="RECIPE",
+                   help="also rank by each architecture's top-1 under this other recipe (e.g. train.epochs=3)")
     a = p.parse_args(argv)
     if a.batch < 2:
         p.error(f"--batch {a.batch}: NASWOT needs at least 2 images")
@@ -120,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     if archs.empty:
         print(f"error: no finished retrain of recipe {a.recipe!r} in {folder}", file=sys.stderr)
         return 1
+    proxy = (retrained(runs(recipe_dir(a.root, a.dataset, shlex.split(a.proxy_recipe)))).set_index("choices").top1
+             if a.proxy_recipe else None)
     data, _ = get_dataset(a.dataset, "train", limit=2 * a.batch)
     batches = [torch.stack([data[i][0] for i in range(j * len(data) // 2, (j + 1) * len(data) // 2)]) for j in (0, 1)]
     images = batches[0]
@@ -142,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                                early=[early_blocks(band.space, c, 2) for c in choices])
         signed = {"naswot": inside.naswot, "-params": -inside.params, "macs": inside.macs, "early": inside.early}
         signed |= {f"train acc ep{c.removeprefix('train_acc_ep')}": inside[c] for c in epoch_columns(inside)}
+        if proxy is not None:
+            inside = inside.assign(proxy_recipe_top1=inside.choices.map(proxy))
+            signed[f"recipe {a.proxy_recipe}"] = inside.proxy_recipe_top1
         if a.supernet:
             supernet = load_supernet(run)
             inside = inside.assign(supernet=supernet_scores(supernet, nets))
@@ -149,8 +165,13 @@ def main(argv: list[str] | None = None) -> int:
             effects.append(f"\n## Block effect in the supernet at {point.tag}\n\n"
                            + md_table(block_effect(supernet).round(4)))
         rows.append(inside)
-        summary.append({"point": point.tag, "predictor": band.table.predictor, "archs": len(inside),
-                        **{f"tau {s}": round(tau(inside.top1, signed[s]), 3) for s in signed},
+        spread = {"top1 std pt": round(100 * inside.top1.std(), 3)}
+        if proxy is not None:  # both recipes' spread over the architectures retrained with both
+            both = inside[inside.proxy_recipe_top1.notna()]
+            spread |= {"archs in recipe": len(both), "top1 std pt, those": round(100 * both.top1.std(), 3),
+                       "recipe top1 std pt": round(100 * both.proxy_recipe_top1.std(), 3)}
+        summary.append({"point": point.tag, "predictor": band.table.predictor, "archs": len(inside), **spread,
+                        **{f"tau {s}": round(paired_tau(inside.top1, signed[s]), 3) for s in signed},
                         "naswot stability": round(tau(inside.naswot, inside.naswot_other), 3)})
         crossed.append({"point": point.tag, **cross_seed(per_run[per_run.choices.isin(inside.choices)])})
     if not rows:
@@ -158,12 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     table = pd.concat(rows, ignore_index=True)
     table = table[["point", "choices", "latency_ms", "top1", "seeds", "naswot", "naswot_other", "params", "macs",
-                   "early", *epoch_columns(table), *(["supernet"] if a.supernet else [])]]
+                   "early", *epoch_columns(table), *(["proxy_recipe_top1"] if proxy is not None else []),
+                   *(["supernet"] if a.supernet else [])]]
     lines = [f"# Training-free scores vs retrained top-1 ({a.dataset}, recipe `{a.recipe}`)", "",
              f"Kendall tau per band [{BAND_LO} T, T] over the retrained architectures in it (top-1: mean over "
              f"retrain seeds). NASWOT on {len(images)} training images, init seed {a.init_seed}; `naswot stability`: "
              f"tau between that score and one on the next {len(batches[1])} images with init seed {a.init_seed + 1}. "
              "Latencies are table sums of the predictor named per band."
+             + (f" `recipe {a.proxy_recipe}`: top-1 under that recipe (mean over its seeds) over the `archs in recipe`"
+                " retrained with both; `top1 std pt`: the spread of the retrained top-1 (seed noise included)."
+                if a.proxy_recipe else "")
              + (f" `supernet`: held-out top-1 with the inherited weights of the `{a.supernet}` supernet, search seed "
                 f"{a.search_seed}." if a.supernet else ""), "",
              md_table(pd.DataFrame(summary)), "",

@@ -41,6 +41,24 @@ def test_proxy_tau_reads_every_retrain_of_the_recipe_and_averages_seeds(tmp_path
     other.mkdir(parents=True)
     (other / "results.json").write_text(json.dumps({**results[1], "top1": 0.0}))
     assert proxy_tau.main(args) == 0 and len(pd.read_csv(out / "proxy_tau_digits.csv")) == 3
+    # --proxy-recipe: the same architectures under another recipe (results written here, one with two seeds)
+    for i, r in enumerate(results):
+        for seed, shift in ([(0, 0.01), (1, -0.01)] if i == 0 else [(0, 0.0)]):
+            folder = recipe_dir(root, "digits", ["train.epochs=5"]) / f"{i}-s{seed}"
+            folder.mkdir(parents=True)
+            top1 = 1 - rows.set_index("choices").top1[" ".join(r["choices"])] + shift
+            (folder / "results.json").write_text(json.dumps({**r, "top1": top1, "config": {"seed": seed}}))
+    assert proxy_tau.main([*args, "--proxy-recipe", "train.epochs=5"]) == 0
+    ranked = pd.read_csv(out / "proxy_tau_digits.csv")
+    assert ((ranked.proxy_recipe_top1 - (1 - ranked.top1)).abs() < 1e-9).all()  # seeds averaged
+    md = (out / "proxy_tau_digits.md").read_text()
+    assert "tau recipe train.epochs=5" in md and "| archs in recipe |" in md
+    header, row = (next(line for line in md.splitlines() if line.startswith(start))
+                   for start in ("| point | predictor", "| vpu-30ms | standin"))
+    cells = {k.strip(): v.strip() for k, v in zip(header.split("|"), row.split("|"))}
+    assert cells["archs in recipe"] == "3"
+    if ranked.top1.nunique() == 3:  # the other recipe ranks the band in reverse
+        assert cells["tau recipe train.epochs=5"] == "-1"
     # --supernet: the same architectures scored in a search variant's supernet, a table of its own
     search_run(point, 0, root / "search" / "digits" / "tiny", SEARCH.split(), "digits")
     assert proxy_tau.main([*args, "--supernet", "tiny"]) == 0
@@ -69,3 +87,10 @@ def test_cross_seed_ranks_one_seed_by_the_other():
     assert abs(out["tau train acc ep1 s0"] + 1 / 3) < 1e-9
     assert proxy_tau.retrained(per_run.assign(params=1, macs=1)).set_index("choices").seeds.to_dict() == {
         "a": 2, "b": 2, "c": 2, "d": 1}
+
+
+def test_paired_tau_leaves_out_rows_missing_either_score():
+    a = pd.Series([0.1, 0.2, 0.3, None, 0.5])
+    b = pd.Series([1.0, 2.0, 3.0, 0.0, None])
+    assert proxy_tau.paired_tau(a, b) == 1.0
+    assert pd.isna(proxy_tau.paired_tau(a, b.where(b < 2.5)))  # two pairs left: no tau
