@@ -185,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
              f"Kendall tau per band [{BAND_LO} T, T] over the retrained architectures in it (top-1: mean over "
              f"retrain seeds). NASWOT on {len(images)} training images, init seed {a.init_seed}; `naswot stability`: "
              f"tau between that score and one on the next {len(batches[1])} images with init seed {a.init_seed + 1}. "
-             "Latencies are table sums of the predictor named per band."
+             "Latencies are table sums of the predictor named per band. `top1 std pt`: the spread of the retrained "
+             "top-1 (seed noise included)."
              + (f" `recipe {a.proxy_recipe}`: top-1 under that recipe (mean over its seeds) over the `archs in recipe`"
-                " retrained with both; `top1 std pt`: the spread of the retrained top-1 (seed noise included)."
-                if a.proxy_recipe else "")
+                " retrained with both." if a.proxy_recipe else "")
              + (f" `supernet`: held-out top-1 with the inherited weights of the `{a.supernet}` supernet, search seed "
                 f"{a.search_seed}." if a.supernet else ""), "",
              md_table(pd.DataFrame(summary)), "",
