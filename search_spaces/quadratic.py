@@ -1,9 +1,10 @@
 """Quadratic layers (QuadraLib / QuadraNet).
 
 * :class:`QuadDWConv2d` -- quadratic depthwise convolution
-  ``y = DWa(x) * DWb(x) + DWc(x)`` with bias, as three separate depthwise convs or as one grouped
-  conv with 3C outputs; the default ``impl="auto"`` takes the grouped conv only where it measured
-  faster (CPU inference on small inputs).
+  ``y = DWa(x) * DWb(x) + DWc(x)`` with bias, as three separate depthwise convs, as one grouped
+  conv with 3C outputs, or as one batched matmul over the pixels of a small map (``dense``); the
+  default ``impl="auto"`` takes the grouped conv or the dense matmul only where they measured
+  faster (CPU inference on small inputs; CPU training on small maps).
   ``memory_saving=True`` uses :class:`QuadDWFunction`, which saves only the input and
   the weights and recomputes the two projections in backward (QuadraLib's "hybrid
   back-propagation"; QuadraNet paper Eq. 8).
@@ -14,6 +15,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +24,7 @@ from torch import nn
 NEURON_TYPES = ("lowrank", "t2", "t3", "t4")
 
 
-IMPLS = ("auto", "separate", "grouped")
+IMPLS = ("auto", "separate", "grouped", "dense")
 DEFAULT_IMPL = "auto"
 # auto picks the grouped conv only where it measured faster (experiments/results/quad_conv_speed*.md): CPU
 # inference of small maps, where the per-call overhead of three convs dominates
@@ -45,6 +48,46 @@ def auto_grouped(x: torch.Tensor, kernel_size: int, needs_grad: bool) -> bool:
         return False
     return (x.device.type == "cpu" and x.numel() <= AUTO_GROUPED_MAX_NUMEL and x.shape[1] <= AUTO_GROUPED_MAX_CHANNELS
             and kernel_size <= AUTO_GROUPED_MAX_KERNEL)
+
+
+def auto_dense(x: torch.Tensor, kernel_size: int, needs_grad: bool) -> bool:
+    """Whether ``impl="auto"`` runs the dense matmul for input ``x``: eager CPU training (``needs_grad``) of a
+    map no larger than the kernel (``H * W <= k * k``), except k3 on maps of at least 3x3 (torch's 3x3
+    depthwise kernels are fast there). On such maps torch's depthwise weight gradient is 6-18x slower than
+    the dense form (``python -m experiments.train_speed`` and :func:`dense_quad_dw`)."""
+    if not needs_grad or _tracing() or x.device.type != "cpu":
+        return False
+    h, w = x.shape[-2:]
+    return h * w <= kernel_size * kernel_size and not (kernel_size == 3 and min(h, w) >= 3)
+
+
+@functools.lru_cache(maxsize=128)
+def _dense_taps(h: int, w: int, k: int) -> torch.Tensor:
+    """(H*W, H*W) index of the kernel tap linking output pixel s to input pixel t of a stride-1 'same'
+    k x k convolution: ``di * k + dj``, or ``k * k`` (a zero appended to the taps) where t is out of reach."""
+    p = k // 2
+    i, j = torch.arange(h).view(h, 1, 1, 1), torch.arange(w).view(1, w, 1, 1)
+    di, dj = torch.arange(h).view(1, 1, h, 1) - i + p, torch.arange(w).view(1, 1, 1, w) - j + p
+    reach = (di >= 0) & (di < k) & (dj >= 0) & (dj < k)
+    return torch.where(reach, di * k + dj, k * k).view(h * w, h * w)
+
+
+def dense_quad_dw(x, wa, ba, wb, bb, wc, bc) -> torch.Tensor:
+    """``DWa(x) * DWb(x) + DWc(x)`` (stride 1, 'same' padding) as one batched matmul per channel: each depthwise
+    conv of an H x W map is an (HW x HW) matrix built from its k x k taps, the three stacked into (3HW x HW),
+    applied to the (HW x N) pixels of that channel. Exact up to float rounding; autograd gives the weight
+    gradient as a matmul plus a scatter-add, which on small maps is far cheaper than torch's depthwise
+    weight-gradient kernel. Cost grows as (HW)^2, so :func:`auto_dense` uses it only on small maps.
+    The output is channels-last in memory (NCHW shape)."""
+    n, c, h, w = x.shape
+    k = wa.shape[-1]
+    taps = torch.stack((wa, wb, wc), 1).reshape(c, 3, k * k)
+    mats = F.pad(taps, (0, 1))[:, :, _dense_taps(h, w, k).to(x.device)]  # (C, 3, HW, HW)
+    cols = x.reshape(n, c, h * w).permute(1, 2, 0)  # (C, HW, N)
+    out = torch.bmm(mats.reshape(c, 3 * h * w, h * w), cols).view(c, 3, h * w, n)
+    a, b, cc = (out + torch.stack((ba, bb, bc), 1).view(c, 3, 1, 1)).unbind(1)  # unbind: no zero-filled grads
+    y = torch.addcmul(cc, a, b)  # (C, HW, N)
+    return y.permute(2, 1, 0).reshape(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def _grouped_params(wa, ba, wb, bb, wc, bc):
@@ -126,7 +169,9 @@ class QuadDWConv2d(nn.Module):
     * ``"separate"``: three depthwise convs (channel multiplier 1), as in the official code.
     * ``"grouped"``: one conv with ``groups=C`` and 3C outputs whose interleaved output is split into the
       three branches; its weight is assembled from the three per call.
-    * ``"auto"`` (default): grouped only where it measured faster, see :func:`auto_grouped`; else separate.
+    * ``"dense"``: one batched matmul per channel over the map's pixels (:func:`dense_quad_dw`; stride 1 only).
+    * ``"auto"`` (default): dense in CPU training of small maps (:func:`auto_dense`), grouped in CPU inference
+      where it measured faster (:func:`auto_grouped`), else separate.
 
     Measured (``python -m experiments.quad_conv_speed``, ``experiments/results/quad_conv_speed*.md``; 2-core AMD
     EPYC VM shared with other jobs at load 6-8, torch 2.13 CPU, NCHW, interleaved medians; ratio = grouped /
@@ -167,15 +212,27 @@ class QuadDWConv2d(nn.Module):
     def _weights(self) -> tuple[torch.Tensor, ...]:
         return (self.dwa.weight, self.dwa.bias, self.dwb.weight, self.dwb.bias, self.dwc.weight, self.dwc.bias)
 
+    def impl_for(self, x: torch.Tensor) -> str:
+        """The implementation a forward on ``x`` runs now: ``separate``, ``grouped`` or ``dense``."""
+        if self.impl != "auto":
+            return self.impl
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        k = self.dwa.kernel_size[0]
+        if self.stride == 1 and not self.memory_saving and auto_dense(x, k, needs_grad):
+            return "dense"
+        return "grouped" if auto_grouped(x, k, needs_grad) else "separate"
+
     def uses_grouped(self, x: torch.Tensor) -> bool:
         """Whether a forward on ``x`` now runs the grouped conv."""
-        if self.impl != "auto":
-            return self.impl == "grouped"
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        return auto_grouped(x, self.dwa.kernel_size[0], needs_grad)
+        return self.impl_for(x) == "grouped"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grouped = self.uses_grouped(x)
+        impl = self.impl_for(x)
+        if impl == "dense":
+            if self.stride != 1:
+                raise ValueError(f"impl='dense' needs stride 1, got {self.stride}")
+            return dense_quad_dw(x, *self._weights())
+        grouped = impl == "grouped"
         if self.memory_saving and torch.is_grad_enabled():
             return QuadDWFunction.apply(x, *self._weights(), self.stride, self.padding, grouped)
         if grouped:

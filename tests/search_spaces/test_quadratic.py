@@ -163,3 +163,47 @@ def test_auto_keeps_the_deployed_graph_under_tracing():
         assert conv.uses_grouped(x)
         with Mode():
             assert not conv.uses_grouped(x)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("k,hw,channels_last", [(3, (2, 2), False), (5, (3, 3), True), (7, (7, 7), True),
+                                                (7, (4, 6), False), (3, (1, 1), True)])
+def test_dense_impl_matches_separate_outputs_and_gradients(k, hw, channels_last, dtype, tol):
+    """The dense matmul (the default in CPU training of small maps) against the three-conv reference."""
+    def close(a, b, msg=""):
+        torch.testing.assert_close(a, b, rtol=0, atol=tol * b.abs().max().item(), msg=msg)
+
+    sep, _ = _pair(6, k, 1, dtype=dtype)
+    dense = QuadDWConv2d(6, k, impl="dense").to(dtype)
+    dense.load_state_dict(sep.state_dict())
+    x1 = torch.randn(5, 6, *hw, dtype=dtype)
+    if channels_last:  # what the block's LayerNorm hands the mixer
+        x1 = x1.contiguous(memory_format=torch.channels_last)
+    x1.requires_grad_()
+    x2 = x1.detach().clone().requires_grad_()
+    y1, y2 = sep(x1), dense(x2)
+    assert y2.shape == y1.shape
+    close(y2, y1)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    close(x2.grad, x1.grad)
+    for (n, p1), p2 in zip(sep.named_parameters(), dense.parameters()):
+        close(p2.grad, p1.grad, msg=n)
+
+
+def test_auto_takes_dense_only_for_training_on_small_maps():
+    def impl(k, hw, grad=True, c=8):
+        conv = QuadDWConv2d(c, k)
+        x = torch.randn(2, c, *hw)
+        with torch.set_grad_enabled(grad):
+            return conv.impl_for(x)
+
+    assert impl(7, (7, 7)) == impl(5, (3, 3)) == impl(3, (2, 2)) == impl(3, (1, 1)) == "dense"
+    assert impl(5, (7, 7)) == impl(7, (14, 14)) == "separate"  # larger maps: torch's convs
+    assert impl(3, (3, 3)) == impl(3, (4, 4)) == "separate"  # torch's 3x3 depthwise kernels are fast there
+    assert impl(7, (7, 7), grad=False) != "dense"  # inference keeps the convs (auto_grouped decides)
+    assert QuadDWConv2d(8, 5, stride=2).impl_for(torch.randn(2, 8, 3, 3)) == "separate"  # dense is stride 1
+    assert QuadDWConv2d(8, 5, memory_saving=True).impl_for(torch.randn(2, 8, 3, 3)) == "separate"
+    with pytest.raises(ValueError, match="stride 1"):
+        QuadDWConv2d(8, 5, stride=2, impl="dense")(torch.randn(2, 8, 3, 3))
