@@ -33,7 +33,8 @@ _LEAF_TYPES = (str, bytes, int, float, bool, type(None), torch.Tensor, torch.dty
 _MAX_LISTED = 5
 # config keys that may differ when a run is resumed (they do not change the trained weights; a search's
 # derivation only reads the trained supernet, so a finished supernet can be derived again another way)
-RESUME_FREE = ("threads", "eval", "results_csv", "train.stop_after", "train.epochs", "derive", "keep_checkpoint")
+RESUME_FREE = ("threads", "eval", "results_csv", "train.stop_after", "train.epochs", "derive", "keep_checkpoint",
+               "accelerator", "precision", "channels_last")  # a run may move between devices; see device_change
 
 
 class CheckpointError(RuntimeError):
@@ -141,6 +142,21 @@ def set_rng_state(state: dict) -> None:
                 torch.cuda.set_rng_state(s.cpu(), i)
         else:
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def device_change(state: dict, device: torch.device, precision: str) -> str | None:
+    """What a resume on ``device`` in ``precision`` changes against the checkpoint's own (None: nothing).
+    Weights, optimizer state, data order and CPU random streams carry over between devices (tensors load
+    with ``map_location``); the CUDA random streams (drop path on a GPU) only between CUDA runs."""
+    saved_device, saved_precision = state.get("device", "cpu"), str(state.get("precision", "32"))
+    changes = []
+    if torch.device(saved_device).type != device.type:
+        changes.append(f"it was written on {saved_device}, this run is on {device}: weights, optimizer state and data "
+                       f"order carry over, the CUDA random streams do not, "
+                       "so the run will not match an uninterrupted one bit for bit")
+    if saved_precision != precision:
+        changes.append(f"it trained in precision {saved_precision}, this run in {precision}")
+    return "; ".join(changes) or None
 
 
 def _as_tuple(obj):

@@ -46,6 +46,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from nas.accelerator import ACCELERATORS, PRECISIONS, AcceleratorUnavailable, check_accelerator, parse_precision
 from search_spaces.quadranet import MODELS
 from search_spaces.spaces import SPACES
 from supernet.loss import KINDS as LOSS_KINDS
@@ -83,6 +84,7 @@ ModelName = _enum("ModelName", tuple(MODELS))
 WeightOptimizer = _enum("WeightOptimizer", WEIGHT_OPTIMIZERS)
 ArchOptimizer = _enum("ArchOptimizer", ARCH_OPTIMIZERS)
 DeriveMethod = _enum("DeriveMethod", DERIVE_METHODS)
+AcceleratorName = _enum("AcceleratorName", ACCELERATORS)
 
 
 # -- ranges and field helpers -------------------------------------------------------------------
@@ -279,6 +281,9 @@ class SearchConfig:
     mode: Mode = opt()
     log_devices: list[str] = opt(choices=device_names)
     threads: int | None = opt(AT_LEAST_1)
+    accelerator: AcceleratorName = opt(default="auto")
+    precision: Any = opt(default="32", describe=", ".join(PRECISIONS))
+    channels_last: bool = opt(default=False)
     results_csv: str | None = opt(describe="a CSV file path or null")
     keep_checkpoint: bool = opt(default=True)
     train: SearchTrainConfig = section(SearchTrainConfig)
@@ -333,6 +338,9 @@ class RetrainConfig:
     init: str = opt(describe=f"{', '.join(INIT_WORDS)} or PATH/checkpoint.pt")
     seed: int = opt()
     threads: int | None = opt(AT_LEAST_1)
+    accelerator: AcceleratorName = opt(default="auto")
+    precision: Any = opt(default="32", describe=", ".join(PRECISIONS))
+    channels_last: bool = opt(default=False)
     memory_saving: bool = opt()
     results_csv: str | None = opt(describe="a CSV file path or null")
     train: RetrainTrainConfig = section(RetrainTrainConfig)
@@ -346,6 +354,10 @@ class EvaluateConfig:
     dataset: DatasetConfig | None = opt(default=None)
     checkpoint: str | None = opt(describe="PATH/checkpoint.pt written by nas.train or nas.retrain")
     threads: int | None = opt(AT_LEAST_1)
+    accelerator: AcceleratorName = opt(default="auto")
+    precision: Any = opt(default="32", describe=", ".join(PRECISIONS))
+    channels_last: bool = opt(default=False)
+
     results_csv: str | None = opt(describe="a CSV file path or null")
     eval: EvalConfig = section(EvalConfig)
 
@@ -378,6 +390,7 @@ def check_config(cfg: DictConfig, entry: str) -> None:
     if entry not in SCHEMAS:
         raise ValueError(f"unknown entry point {entry!r}; valid: {', '.join(SCHEMAS)}")
     _check_node(cfg, SCHEMAS[entry], "", "", skip=SKIPPED_KEYS)
+    _accelerator_rules(cfg)
     if entry == "search":
         _search_rules(cfg)
     elif entry in ("retrain", "train"):
@@ -385,6 +398,17 @@ def check_config(cfg: DictConfig, entry: str) -> None:
     else:
         _evaluate_rules(cfg)
     check_results_csv(cfg.results_csv)
+
+
+def _accelerator_rules(cfg: DictConfig) -> None:
+    """``precision`` is one of :data:`PRECISIONS` (Hydra reads ``precision=16`` as a number); ``cuda`` needs CUDA."""
+    try:
+        parse_precision(cfg.get("precision", "32"))
+        check_accelerator(cfg.get("accelerator", "auto"))
+    except AcceleratorUnavailable as e:
+        raise ConfigError(str(e)) from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _search_rules(cfg: DictConfig) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
 
 from nas.config import DATASETS
 
@@ -384,15 +384,84 @@ def train_val_split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[S
     return Subset(dataset, train.tolist()), Subset(dataset, val.tolist())
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
-                sampler: Sampler | None = None) -> DataLoader:
-    """Single-process loader whose shuffle order is fixed by ``seed``.
+class TensorBatches:
+    """The batches of an in-memory dataset, gathered by index from its tensors on their device.
 
-    The order of epoch e depends on the seed and on the e-1 epochs before it (the generator,
-    ``loader.generator``, advances); save ``loader.generator.get_state()`` to resume mid-run.
+    ``order`` holds indices into the dataset's tensors in the order a sampler visits them; each batch is one
+    ``index_select`` (no per-item collate, no copy to another device). It yields the batches a
+    ``DataLoader`` over the same dataset, sampler and batch size would, in the same order.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, order: torch.Tensor, batch_size: int,
+                 drop_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.images, self.targets = images, targets
+        self.order = order.to(images.device)
+        self.batch_size, self.drop_last = batch_size, drop_last
+
+    def __len__(self) -> int:
+        n, bs = len(self.order), self.batch_size
+        return n // bs if self.drop_last else -(-n // bs)
+
+    def __iter__(self):
+        bs = self.batch_size
+        for i in range(len(self)):
+            idx = self.order[i * bs:(i + 1) * bs]
+            yield self.images.index_select(0, idx), self.targets.index_select(0, idx)
+
+
+def in_memory(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(images, targets, indices)`` of a :class:`TensorImageDataset` or of (nested) subsets of one, where
+    item i of ``dataset`` is ``images[indices[i]]``; None for datasets read lazily (image folders)."""
+    if isinstance(dataset, TensorImageDataset):
+        return dataset.images, dataset.targets, torch.arange(len(dataset))
+    if isinstance(dataset, Subset):
+        inner = in_memory(dataset.dataset)
+        if inner is not None:
+            images, targets, idx = inner
+            return images, targets, idx[torch.as_tensor(list(dataset.indices), dtype=torch.int64)]
+    return None
+
+
+def to_device(datasets: tuple[Dataset, ...], device: torch.device | str) -> tuple[Dataset, ...]:
+    """The same datasets with their in-memory tensors on ``device``, each distinct tensor copied once (the
+    subsets of one dataset share its copy); lazily read datasets are returned as they are."""
+    device = torch.device(device)
+    moved: dict[int, TensorImageDataset] = {}
+
+    def move(ds: Dataset) -> Dataset:
+        if isinstance(ds, TensorImageDataset):
+            if ds.images.device == device:
+                return ds
+            if id(ds) not in moved:
+                moved[id(ds)] = TensorImageDataset(ds.images.to(device), ds.targets.to(device), ds.classes)
+            return moved[id(ds)]
+        if isinstance(ds, Subset):
+            return Subset(move(ds.dataset), ds.indices)
+        return ds
+
+    return tuple(move(ds) for ds in datasets)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
+                sampler: Sampler | None = None):
+    """Batches whose shuffle order is fixed by ``seed`` (or given by ``sampler``).
+
+    In-memory datasets (:func:`in_memory`) give :class:`TensorBatches`, gathered on the device their tensors
+    are on; the order is the one a ``DataLoader`` with the same seed and sampler visits, so results do not
+    depend on which of the two ran. Other datasets give a single-process ``DataLoader``.
     """
     if sampler is not None and shuffle:
         raise ValueError("pass either shuffle=True or a sampler, not both")
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, drop_last=drop_last,
-                      num_workers=0, generator=gen)
+    tensors = in_memory(dataset)
+    if tensors is None:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, drop_last=drop_last,
+                          num_workers=0, generator=gen)
+    images, targets, idx = tensors
+    torch.empty((), dtype=torch.int64).random_(generator=gen)  # a DataLoader draws its workers' base seed first
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=gen) if shuffle else range(len(dataset))
+    order = idx[torch.as_tensor(list(iter(sampler)), dtype=torch.int64)]
+    return TensorBatches(images, targets, order, batch_size, drop_last)

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from nas.accelerator import Accelerator
 from nas.data import make_loader
 
 
@@ -58,19 +59,24 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
-    """Top-1 accuracy and mean cross-entropy over a loader (summed over ranks when distributed)."""
+def evaluate(model: nn.Module, loader: DataLoader, accel: Accelerator | None = None) -> dict[str, float]:
+    """Top-1 accuracy and mean cross-entropy over a loader (summed over ranks when distributed), on
+    ``accel``'s device and in its precision (the model's device, float32, without one)."""
+    accel = accel or Accelerator(next(model.parameters()).device)
     was_training = model.training
     model.eval()
-    correct = total = 0
-    loss_sum = 0.0
-    for x, y in loader:
-        logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+    correct = torch.zeros((), dtype=torch.int64, device=accel.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accel.device)
+    total = 0
+    for x, y in accel.batches(loader):
+        with accel.autocast():
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
         total += y.numel()
     model.train(was_training)
-    t = torch.tensor([correct, total, loss_sum], dtype=torch.float64)
+    t = torch.stack([correct.double(), torch.tensor(float(total), dtype=torch.float64, device=accel.device),
+                     loss_sum])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     correct, total, loss_sum = t.tolist()
@@ -91,14 +97,25 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed() -> DistInfo:
-    """Join the process group when started by torchrun (gloo on CPU, NCCL on GPU)."""
+def init_distributed(accel: Accelerator | None = None) -> DistInfo:
+    """Join the process group when started by torchrun: NCCL when training on CUDA (one process per GPU,
+    ``accel`` already on this process's ``LOCAL_RANK`` GPU), gloo on the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        cuda = accel is not None and accel.is_cuda
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=accel.device if cuda else None)
     return DistInfo(dist.get_rank(), dist.get_world_size())
+
+
+def wrap_ddp(model: nn.Module, accel: Accelerator, **kwargs) -> nn.Module:
+    """``model`` in DistributedDataParallel (on CUDA bound to this process's GPU)."""
+    from torch.nn.parallel import DistributedDataParallel
+    if accel.is_cuda:
+        return DistributedDataParallel(model, device_ids=[accel.device.index], output_device=accel.device.index,
+                                       **kwargs)
+    return DistributedDataParallel(model, **kwargs)
 
 
 def finish_distributed(ok: bool = True) -> None:

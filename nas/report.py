@@ -16,12 +16,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from nas import accelerator
 from nas.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_state_dict_checked
 from nas.config import check_config
-from nas.data import DataInfo, dataset_config, load_data, make_loader
+from nas.data import DataInfo, dataset_config, load_data, make_loader, to_device
 from nas.job import SMALL_INPUT_SIDE, eval_weights
 from nas.loops import evaluate, set_threads
 from search_spaces.arch import Arch, build_net
@@ -102,7 +104,8 @@ def report(run: EvaluatedRun, eval_cfg: DictConfig, results_csv: str | None) -> 
     from latency.measured import MeasuredPredictor
 
     net, arch, info, test, state = run.net, run.arch, run.info, run.test, run.state
-    net.eval()
+    # host timing, MACs and ONNX are about the deployed CPU graph, wherever the network trained
+    net = net.to("cpu", memory_format=torch.contiguous_format).eval()
     shape = tuple(info.input_shape)
     dep, space, lut_ok = deployment_arch(arch, run.source, run.model)
     dep_net = build_net(dep)
@@ -204,9 +207,12 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if tuple(info.input_shape) != tuple(arch.macro.input_shape) or info.num_classes != arch.macro.num_classes:
         raise ValueError(f"dataset {info.name} gives {list(info.input_shape)} images of {info.num_classes} classes; "
                          f"the network takes {list(arch.macro.input_shape)} and {arch.macro.num_classes} classes")
+    accel = accelerator.from_config(cfg)
     net = build_net(arch)
     load_state_dict_checked(net, eval_weights(state))
-    test = {**evaluate(net, make_loader(test_set, cfg.eval.batch_size, False, 0)), "n": len(test_set)}
+    (test_set,) = to_device((test_set,), accel.device)
+    test = {**evaluate(accel.module(net), make_loader(test_set, cfg.eval.batch_size, False, 0), accel),
+            "n": len(test_set)}
     evaluated = "ema" if state.get("ema") is not None else "model"
     return report(EvaluatedRun(path.parent, net, arch, source, state.get("model_name"), info, test, state, evaluated),
                   cfg.eval, cfg.results_csv)

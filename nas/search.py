@@ -53,17 +53,25 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from latency.lut import LatencyTable, deployment_space, get_table
 from latency.profiles import load_profile, profile_from_dict
 from latency.units import parse_latency_ms
-from nas import tb
-from nas.checkpoint import CHECKPOINT, check_resume_config, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nas import accelerator, tb
+from nas.accelerator import Accelerator
+from nas.checkpoint import (
+    CHECKPOINT,
+    check_resume_config,
+    device_change,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from nas.cli import hydra_run_dir, run_cli
 from nas.config import check_config
-from nas.data import get_dataset, make_loader, train_val_split
+from nas.data import get_dataset, make_loader, to_device, train_val_split
 from nas.loops import (
     DistInfo,
     TrainingDiverged,
@@ -75,6 +83,7 @@ from nas.loops import (
     seed_everything,
     set_lr,
     set_threads,
+    wrap_ddp,
 )
 from nas.report import append_results_row
 from nas.steps import arch_step, export_ms, lut_tensors, weight_step
@@ -106,6 +115,7 @@ class Setup:
     tables: dict[str, LatencyTable]
     train_part: object
     val_part: object
+    accel: Accelerator  # where the supernet trains (in-memory data already copied there)
 
     @property
     def table(self) -> LatencyTable:
@@ -138,18 +148,19 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     check_config(cfg, "search")
-    dist_info = init_distributed()
+    accel = accelerator.from_config(cfg)
+    dist_info = init_distributed(accel)
     set_threads(cfg.threads)
     config = OmegaConf.to_container(cfg, resolve=True)
     if (run_dir / "arch.json").exists():
         return _finished(run_dir, config, dist_info)
-    setup = prepare(cfg, dist_info)
+    setup = prepare(cfg, dist_info, accel)
     st = build_state(cfg, setup)
-    resume(st, run_dir / CHECKPOINT, config, dist_info)
+    resume(st, run_dir / CHECKPOINT, config, dist_info, accel)
     writer = tb.open_writer(run_dir, st.step) if dist_info.is_main else None
     # depthwise-conv weight grads come back in another memory layout than DDP's buckets: harmless
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    forward = DistributedDataParallel(st.model, find_unused_parameters=True) if dist_info.enabled else st.model
+    forward = wrap_ddp(st.model, accel, find_unused_parameters=True) if dist_info.enabled else st.model
     total_epochs = cfg.train.warmup_epochs + cfg.train.epochs
     wall_before = st.wall_s
     for epoch in range(st.epoch, total_epochs):
@@ -174,7 +185,7 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 # -- the parts ------------------------------------------------------------------------------
-def prepare(cfg: DictConfig, dist_info: DistInfo) -> Setup:
+def prepare(cfg: DictConfig, dist_info: DistInfo, accel: Accelerator | None = None) -> Setup:
     target_ms = parse_latency_ms(cfg.latency)
     profile = profile_from_dict(OmegaConf.to_container(cfg.device, resolve=True))
     space = space_from_config(OmegaConf.to_container(cfg.search_space, resolve=True))
@@ -198,12 +209,17 @@ def prepare(cfg: DictConfig, dist_info: DistInfo) -> Setup:
                              f"({len(part)} images; train.val_fraction={cfg.train.val_fraction}): not one "
                              f"{'weight' if name == 'training' else 'architecture'} step could run")
     train_space = space.with_input(info.input_shape, info.num_classes, cfg.search_space.train_stem_stride)
-    return Setup(target_ms, profile.name, space, train_space, tables, train_part, val_part)
+    accel = accel or Accelerator(torch.device("cpu"))
+    train_part, val_part = to_device((train_part, val_part), accel.device)  # one copy, shared by both splits
+    if dist_info.is_main:
+        log.info("training the supernet on %s", accel.describe())
+    return Setup(target_ms, profile.name, space, train_space, tables, train_part, val_part, accel)
 
 
 def build_state(cfg: DictConfig, setup: Setup) -> State:
     seed_everything(cfg.seed)
     model = Supernet(setup.train_space, cfg.train.drop_path, layer_scale_init=cfg.train.layer_scale_init)
+    setup.accel.module(model)  # before the optimizers, so that their state lives on the device too
     t = cfg.train
     if t.optimizer == "sgd":  # the ProxylessNAS recipe (MBConv nets)
         w_opt = torch.optim.SGD(model.weight_parameters(), lr=t.lr, momentum=t.momentum, nesterov=True,
@@ -219,8 +235,9 @@ def build_state(cfg: DictConfig, setup: Setup) -> State:
     else:
         raise ValueError(f"unknown arch.optimizer {cfg.arch.optimizer!r}; valid: adam, sgd")
     lcfg = OmegaConf.to_container(cfg.loss, resolve=True)
-    loss_fn = LatencyLoss(lcfg.pop("kind"), setup.target_ms, **lcfg)
-    luts = {n: lut_tensors(tb.ops(), tb.layer_ms(), model) for n, tb in setup.tables.items()}
+    loss_fn = LatencyLoss(lcfg.pop("kind"), setup.target_ms, **lcfg).to(setup.accel.device)
+    luts = {n: [t.to(setup.accel.device) for t in lut_tensors(tb.ops(), tb.layer_ms(), model)]
+            for n, tb in setup.tables.items()}
     pool = band_pool(cfg, setup, model) if cfg.train.sampling == "band" else None
     return State(model, w_opt, a_opt, loss_fn, torch.Generator().manual_seed(cfg.seed), luts, pool)
 
@@ -263,7 +280,7 @@ def sample_weight_path(cfg: DictConfig, st: State) -> None:
                           else cfg.train.sampling)
 
 
-def resume(st: State, path: Path, config: dict, dist_info: DistInfo) -> None:
+def resume(st: State, path: Path, config: dict, dist_info: DistInfo, accel: Accelerator | None = None) -> None:
     if not path.exists():
         return
     state = load_checkpoint(path, kind="supernet")
@@ -273,7 +290,13 @@ def resume(st: State, path: Path, config: dict, dist_info: DistInfo) -> None:
     st.a_opt.load_state_dict(state["a_opt"])
     st.loss_fn.load_state_dict(state["loss"])
     st.path_gen.set_state(state["path_gen"])
+    accel = accel or Accelerator(torch.device("cpu"))
+    if state.get("scaler"):
+        accel.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
+    change = device_change(state, accel.device, accel.precision)
+    if change and dist_info.is_main:
+        log.warning("resuming %s: %s", path, change)
     st.epoch, st.step, st.history = state["epoch"] + 1, state["step"], state["history"]
     st.arch_steps, st.wall_s = state.get("arch_steps", 0), state.get("wall_s", 0.0)
     if dist_info.is_main:
@@ -296,10 +319,13 @@ def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info:
     stats = {"loss": [], "acc": [], "arch_loss": [], "arch_ce": [], "joint": joint}
     bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs} {'search' if joint else 'warm-up'}",
                disable=not dist_info.is_main, leave=False)
-    for x, y in bar:
+    accel = setup.accel
+    val_iter = accel.batches(val_iter)
+    for x, y in accel.batches(bar):
         set_lr(st.w_opt, cosine_lr(cfg.train.lr, st.step, total_steps))
         sample_weight_path(cfg, st)
-        loss, logits = weight_step(model, st.w_opt, x, y, forward, cfg.train.label_smoothing, cfg.train.grad_clip)
+        loss, logits = weight_step(model, st.w_opt, x, y, forward, cfg.train.label_smoothing, cfg.train.grad_clip,
+                                   accel)
         _check_finite(loss, "supernet loss", cfg, epoch, st, run_dir)
         st.step += 1
         a_loss = None
@@ -308,11 +334,11 @@ def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info:
         if arch_on and st.step % cfg.arch.every == 0:
             xv, yv = next(val_iter, (None, None))
             if xv is None:
-                val_iter = iter(val_loader)
+                val_iter = accel.batches(val_loader)
                 xv, yv = next(val_iter)
             model.resample("arch", cfg.mode, st.path_gen)
             a_loss, ce = arch_step(model, st.a_opt, st.loss_fn, xv, yv, st.lut(setup), setup.table.fixed_ms,
-                                   all_reduce_mean_ if dist_info.enabled else None)
+                                   all_reduce_mean_ if dist_info.enabled else None, accel)
             _check_finite(a_loss, "architecture loss", cfg, epoch, st, run_dir)
             # a finite loss can still leave non-finite logits (gradients through non-finite weights)
             _check_finite(torch.stack([a.detach().abs().max() for a in model.arch_parameters()]).max(),
@@ -341,7 +367,7 @@ def end_epoch(cfg: DictConfig, setup: Setup, st: State, stats: dict, run_dir: Pa
     """Held-out accuracy of the current argmax path, latencies, logs and the checkpoint."""
     model = st.model
     model.pin(model.export().choices)
-    val = evaluate(model, make_loader(setup.val_part, 256, False, 0))
+    val = evaluate(model, make_loader(setup.val_part, 256, False, 0), setup.accel)
     with torch.no_grad():
         e_lat = {n: model.expected_latency_ms(st.luts[n], t.fixed_ms).item() for n, t in setup.tables.items()}
     row = {"epoch": st.epoch, "phase": "search" if stats["joint"] else "warm-up", "step": st.step,
@@ -360,8 +386,9 @@ def end_epoch(cfg: DictConfig, setup: Setup, st: State, stats: dict, run_dir: Pa
              st.epoch, cfg.train.warmup_epochs + cfg.train.epochs, row["phase"])
     save_checkpoint(run_dir / CHECKPOINT, {
         "kind": "supernet", "config": config, "epoch": st.epoch - 1, "step": st.step, "history": st.history,
-        "arch_steps": st.arch_steps, "wall_s": st.wall_s, "model": model.state_dict(),
-        "w_opt": st.w_opt.state_dict(), "a_opt": st.a_opt.state_dict(), "loss": st.loss_fn.state_dict(),
+        "arch_steps": st.arch_steps, "wall_s": st.wall_s, "device": str(setup.accel.device),
+        "precision": setup.accel.precision, "model": model.state_dict(), "w_opt": st.w_opt.state_dict(),
+        "a_opt": st.a_opt.state_dict(), "loss": st.loss_fn.state_dict(), "scaler": setup.accel.scaler.state_dict(),
         "path_gen": st.path_gen.get_state(), "rng": rng_state()})
 
 
@@ -409,7 +436,7 @@ def _naswot_pick(cfg: DictConfig, setup: Setup, candidates: list[tuple[str, ...]
     """The candidate of highest NASWOT score (:mod:`search_spaces.naswot`): each standalone network at
     initialisation (seeded), on the first ``NASWOT_BATCH`` images of the held-out split."""
     n = min(NASWOT_BATCH, len(setup.val_part))
-    images = torch.stack([setup.val_part[i][0] for i in range(n)])
+    images = torch.stack([setup.val_part[i][0] for i in range(n)]).cpu()  # standalone nets, scored on the CPU
     archs = [setup.train_space.arch(c) for c in candidates]
     scores = naswot_scores(tqdm(archs, desc="NASWOT scores", leave=False), images, seed=cfg.seed)
     scored = [dict(_candidate(c, names, log_probs, setup), naswot=s, images=n) for c, s in zip(candidates, scores)]
@@ -426,8 +453,8 @@ def _score(model, candidates: list[tuple[str, ...]], images, names: list[list[st
     scored = []
     for choices in tqdm(candidates, desc=desc, leave=False):
         model.pin(choices)
-        scored.append(dict(_candidate(choices, names, log_probs, setup), val_top1=evaluate(model, loader)["top1"],
-                           images=len(images)))
+        scored.append(dict(_candidate(choices, names, log_probs, setup),
+                           val_top1=evaluate(model, loader, setup.accel)["top1"], images=len(images)))
     return scored
 
 
@@ -449,7 +476,7 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
                for n, t in setup.tables.items()}
     used = latency[device]["ms"] / target_ms
     model.pin(choices)
-    val_top1 = evaluate(model, make_loader(setup.val_part, 256, False, 0))["top1"]
+    val_top1 = evaluate(model, make_loader(setup.val_part, 256, False, 0), setup.accel)["top1"]
     meta = {
         "search": {"device": device, "target_ms": target_ms, "loss": cfg.loss.kind, "mode": cfg.mode,
                    "sampling": cfg.train.sampling, "seed": cfg.seed, "dataset": cfg.dataset.name,

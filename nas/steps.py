@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from nas.accelerator import Accelerator
 from supernet.loss import LatencyLoss
 from supernet.supernet import Supernet
 
@@ -32,34 +33,44 @@ def lut_tensors(ops: Sequence[Sequence[str]], layer_ms: Sequence[Sequence[float]
 
 def weight_step(model: Supernet, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None, label_smoothing: float = 0.0,
-                grad_clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                grad_clip: float | None = None, accel: Accelerator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy step of the weights; returns (loss, logits), both detached.
 
-    ``forward`` is the module to call (e.g. the DDP wrapper of ``model``). The caller checks the
+    ``forward`` is the module to call (e.g. the DDP wrapper of ``model``); ``accel`` gives the precision
+    (autocast, and the gradient scaler at ``precision=16``; default float32). The caller checks the
     loss for finiteness before trusting the step (see ``nas.search``)."""
-    logits = (forward or model)(x)
-    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.weight_parameters(), grad_clip)
-    optimizer.step()
+    accel = accel or Accelerator(x.device)
+    with accel.autocast():
+        logits = (forward or model)(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    accel.backward(loss, optimizer, model.weight_parameters(), grad_clip)
+    accel.apply(optimizer)
     return loss.detach(), logits.detach()
 
 
 def arch_step(model: Supernet, optimizer: torch.optim.Optimizer, loss_fn: LatencyLoss, x: torch.Tensor,
               y: torch.Tensor, lut: Sequence[torch.Tensor], fixed_ms: float,
-              reduce: Callable[[list[torch.Tensor]], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              reduce: Callable[[list[torch.Tensor]], None] | None = None,
+              accel: Accelerator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Latency-aware step of the logits on held-out data; returns (loss, cross-entropy), detached.
 
     ``reduce`` averages the gradients across processes (DDP) in place. After the step, ``two``
-    mode's rescaling keeps the probability of the paths outside each sampled pair."""
+    mode's rescaling keeps the probability of the paths outside each sampled pair. The forward runs in
+    ``accel``'s precision, the latency term in float32; at ``precision=16`` the gradients are taken of the
+    loss times the weight steps' current loss scale, and a step whose gradients overflowed is skipped."""
+    accel = accel or Accelerator(x.device)
     params = model.arch_parameters()
-    ce = F.cross_entropy(model(x), y)
-    loss = loss_fn(ce, model.expected_latency_ms(lut, fixed_ms))
-    grads = list(torch.autograd.grad(loss, params))  # the weights' .grad stays untouched
+    with accel.autocast():
+        ce = F.cross_entropy(model(x), y)
+    loss = loss_fn(ce.float(), model.expected_latency_ms(lut, fixed_ms))
+    scale = float(accel.scaler.get_scale()) if accel.overflow_expected else 1.0
+    grads = list(torch.autograd.grad(loss * scale if scale != 1.0 else loss, params))  # weights' .grad untouched
     if reduce is not None:
         reduce(grads)
+    if scale != 1.0:
+        grads = [g / scale for g in grads]
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            return loss.detach(), ce.detach()
     for p, g in zip(params, grads):
         p.grad = g
     optimizer.step()

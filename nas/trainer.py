@@ -28,14 +28,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from nas import tb
+from nas import accelerator, tb
 from nas.checkpoint import (
     CHECKPOINT,
     CheckpointError,
     check_resume_config,
+    device_change,
     load_checkpoint,
     load_state_dict_checked,
     rng_state,
@@ -43,7 +43,7 @@ from nas.checkpoint import (
     set_rng_state,
 )
 from nas.config import check_config
-from nas.data import dataset_config, load_data, make_loader
+from nas.data import dataset_config, load_data, make_loader, to_device
 from nas.job import initialise, resolve_job
 from nas.loops import (
     TrainingDiverged,
@@ -54,6 +54,7 @@ from nas.loops import (
     seed_everything,
     set_lr,
     set_threads,
+    wrap_ddp,
 )
 from nas.report import EvaluatedRun, report
 from search_spaces.arch import build_net
@@ -113,12 +114,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     """
     check_config(cfg, "retrain")
     run_dir = Path(run_dir)
-    dist_info = init_distributed()
+    accel = accelerator.from_config(cfg)
+    dist_info = init_distributed(accel)
     set_threads(cfg.threads)
     config = OmegaConf.to_container(cfg, resolve=True)
     tc = cfg.train
     data_cfg = dataset_config(cfg.dataset)
     train_set, test_set, info = load_data(data_cfg)
+    train_set, test_set = to_device((train_set, test_set), accel.device)  # in-memory data: copied once
     job = resolve_job(cfg, info)
     for note in job.notes if dist_info.is_main else ():
         log.warning(note)
@@ -136,6 +139,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         init_desc = state["init"]
     else:
         init_desc = initialise(cfg, job, model)
+    accel.module(model)  # before the optimizer and the EMA, so that their state lives on the device too
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.999))
     ema = EMA(model, float(tc.ema_decay)) if tc.ema_decay is not None else None
     start_epoch, step, history, train_time = 0, 0, [], 0.0
@@ -149,7 +153,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             if state.get("ema") is None:
                 raise CheckpointError(f"{ckpt_path} has no EMA weights but train.ema_decay is set")
             load_state_dict_checked(ema.module, state["ema"])
+        if state.get("scaler"):
+            accel.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        change = device_change(state, accel.device, accel.precision)
+        if change and dist_info.is_main:
+            log.warning("resuming %s: %s", ckpt_path, change)
         start_epoch, step, history = state["epoch"] + 1, state["step"], list(state["history"])
         train_time = float(state["train_time_s"])
         if dist_info.is_main:
@@ -158,9 +167,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 log.warning("train.epochs changed from %d to %d: the learning-rate schedule differs from an "
                             "uninterrupted run", state["epochs"], tc.epochs)
     elif dist_info.is_main:
-        log.info("training %s: %s init, %d params", job.label, init_desc, count_params(model))
+        log.info("training %s: %s init, %d params, on %s", job.label, init_desc, count_params(model),
+                 accel.describe())
 
-    ddp = DistributedDataParallel(model) if dist_info.enabled else model
+    ddp = wrap_ddp(model, accel) if dist_info.enabled else model
     epochs = int(tc.epochs)
     steps_per_epoch = len(epoch_loader(train_set, tc.batch_size, cfg.seed, 0, dist_info))
     if steps_per_epoch == 0 and epochs > 0:
@@ -176,9 +186,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 "model_name": job.model, "arch_path": job.arch_path, "first_order": job.first_order,
                 "init": init_desc, "notes": job.notes, "dataset": data_cfg, "input_shape": list(info.input_shape),
                 "epoch": epoch, "step": step, "epochs": epochs, "history": history, "train_time_s": train_time,
-                "world_size": dist_info.world_size, "model": model.state_dict(),
-                "ema": ema.module.state_dict() if ema is not None else None,
-                "optimizer": optimizer.state_dict(), "rng": rng_state()}
+                "world_size": dist_info.world_size, "device": str(accel.device), "precision": accel.precision,
+                "model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(), "scaler": accel.scaler.state_dict(), "rng": rng_state()}
 
     if start_epoch > epochs and dist_info.is_main:
         log.warning("%s already holds %d epochs, more than train.epochs=%d; evaluating it as it is",
@@ -197,15 +207,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not dist_info.is_main, leave=False)
-        for i, (x, y) in enumerate(bar):
+        for i, (x, y) in enumerate(accel.batches(bar)):
             lr = cosine_lr(tc.lr, step, total_steps, warmup_steps)
             set_lr(optimizer, lr)
-            logits = ddp(x)
-            loss = compute_loss(logits, y, tc.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            bad = torch.tensor(float(not (_finite(loss.detach()) and _finite(grad_norm))))
+            with accel.autocast():
+                logits = ddp(x)
+                loss = compute_loss(logits, y, tc.label_smoothing)
+            grad_norm = accel.backward(loss, optimizer, model.parameters(), tc.grad_clip)
+            ok = _finite(loss.detach()) and (accel.overflow_expected or _finite(grad_norm))
+            bad = torch.tensor(float(not ok), device=accel.device)
             if dist_info.enabled:
                 dist.all_reduce(bad, op=dist.ReduceOp.MAX)
             if bad.item():
@@ -215,7 +225,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                     f"loss is {loss.item()} (gradient norm {grad_norm.item()}) at epoch {epoch + 1}, step {i + 1} "
                     f"of {steps_per_epoch} (global step {step + 1}, lr {lr:.3g}); {kept}. "
                     "Lower train.lr or raise train.warmup_epochs")
-            optimizer.step()
+            accel.apply(optimizer)
             step += 1
             if ema is not None:
                 ema.update(model)
@@ -231,7 +241,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "train_time_s": train_time}
         if cfg.eval.every_epoch:
-            res = evaluate(eval_model, test_loader)
+            res = evaluate(eval_model, test_loader, accel)
             row.update(test_top1=res["top1"], test_loss=res["loss"])
         history.append(row)
         if dist_info.is_main:
@@ -243,7 +253,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     final = snapshot(start_epoch - 1 + ran)
     if dist_info.is_main and not ckpt_path.exists():  # nothing trained (epochs=0): checkpoint the start
         save_checkpoint(ckpt_path, final)
-    test = {**evaluate(eval_model, test_loader), "n": len(test_set)}  # every rank (evaluate all-reduces)
+    test = {**evaluate(eval_model, test_loader, accel), "n": len(test_set)}  # every rank (evaluate all-reduces)
     if not dist_info.is_main:
         return {"top1": test["top1"]}
     tb.log_hparams(writer, {"model": job.label, "dataset": info.name, "seed": cfg.seed, "epochs": epochs,

@@ -105,7 +105,7 @@ class MixedOp(nn.Module):
             raise ValueError(f"unknown binary-gate mode {mode!r}; valid: {', '.join(MODES)}")
         if sampling not in SAMPLINGS:
             raise ValueError(f"unknown weight sampling {sampling!r}; valid: {', '.join(SAMPLINGS)}")
-        p = self.probs().detach()
+        p = self.probs().detach().cpu()  # draws on the CPU generator, whatever device the logits are on
         n = len(self.candidates)
         if kind == "weight" and sampling == "uniform":
             p = torch.full_like(p, 1.0 / n)
@@ -118,14 +118,15 @@ class MixedOp(nn.Module):
         if mode == "two":
             pair = torch.multinomial(p, 2, replacement=False, generator=generator).tolist()
             q = F.softmax(self.alpha[pair], dim=0)
-            c = int(torch.multinomial(q.detach(), 1, generator=generator))
+            c = int(torch.multinomial(q.detach().cpu(), 1, generator=generator))
             onehot = torch.zeros_like(q)
             onehot[c] = 1.0
-            gates = torch.zeros_like(self.alpha).index_put((torch.tensor(pair),), q + (onehot - q).detach())
+            gates = torch.zeros_like(self.alpha).index_put((torch.tensor(pair, device=q.device),),
+                                                           q + (onehot - q).detach())
             self.sample = Sample(pair[c], tuple(pair), gates, mode, self.alpha.detach()[pair].clone())
         else:
             q = self.probs()
-            active = int(torch.multinomial(q.detach(), 1, generator=generator))
+            active = int(torch.multinomial(q.detach().cpu(), 1, generator=generator))
             gates = q + (F.one_hot(torch.tensor(active), n).to(q) - q).detach()
             self.sample = Sample(active, tuple(range(n)), gates, mode)
         return self.sample
