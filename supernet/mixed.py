@@ -63,7 +63,9 @@ class _GatedActivePath(torch.autograd.Function):
         y = out.detach()
         ctx.save_for_backward(x, y)
         ctx.graph = (xd, out)  # the active path's graph; `out` shares storage with the saved y
-        ctx.layer, ctx.sample = layer, sample
+        ctx.layer, ctx.sample, ctx.gates_dtype = layer, sample, gates.dtype
+        kind = x.device.type  # backward runs outside the caller's autocast: recompute the paths under the same one
+        ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
         return y
 
     @staticmethod
@@ -74,11 +76,12 @@ class _GatedActivePath(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # grads for x only: an architecture step never touches the weights' .grad
             (grad_x,) = torch.autograd.grad(out, xd, grad_y) if out.requires_grad else (None,)
-        grad_g = torch.zeros(len(ctx.layer.candidates), dtype=grad_y.dtype, device=grad_y.device)
-        with torch.no_grad():
+        grad_g = torch.zeros(len(ctx.layer.candidates), dtype=ctx.gates_dtype, device=grad_y.device)
+        kind, enabled, dtype = ctx.autocast
+        with torch.no_grad(), torch.autocast(kind, dtype=dtype, enabled=enabled):
             for k in ctx.sample.involved:
                 out_k = y if k == ctx.sample.active else ctx.layer.candidates[k](x)
-                grad_g[k] = torch.sum(out_k * grad_y)
+                grad_g[k] = torch.sum(out_k.to(grad_g.dtype) * grad_y.to(grad_g.dtype))
         return grad_x, grad_g, None, None
 
 
