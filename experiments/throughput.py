@@ -50,12 +50,7 @@ def quad_impls() -> tuple[str, ...]:
     return tuple(getattr(quadratic, "IMPLS", ("separate",)))
 
 
-def set_quad_impl(net: nn.Module, impl: str) -> int:
-    """Switch every quadratic depthwise conv of ``net`` to ``impl``; returns how many were switched."""
-    convs = [m for m in net.modules() if isinstance(m, quadratic.QuadDWConv2d)]
-    for m in convs:
-        m.impl = impl
-    return len(convs)
+set_quad_impl = quadratic.set_impl  # every quadratic depthwise conv of a net to one impl; returns how many
 
 
 def build_models(hw: int, impls: tuple[str, ...]) -> dict[str, nn.Module]:

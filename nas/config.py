@@ -48,6 +48,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from nas.accelerator import ACCELERATORS, PRECISIONS, AcceleratorUnavailable, check_accelerator, parse_precision
 from search_spaces.quadranet import MODELS
+from search_spaces.quadratic import IMPLS as QUAD_IMPLS
 from search_spaces.spaces import SPACES
 from supernet.loss import KINDS as LOSS_KINDS
 from supernet.mixed import MODES
@@ -85,6 +86,7 @@ WeightOptimizer = _enum("WeightOptimizer", WEIGHT_OPTIMIZERS)
 ArchOptimizer = _enum("ArchOptimizer", ARCH_OPTIMIZERS)
 DeriveMethod = _enum("DeriveMethod", DERIVE_METHODS)
 AcceleratorName = _enum("AcceleratorName", ACCELERATORS)
+QuadImpl = _enum("QuadImpl", QUAD_IMPLS)
 
 
 # -- ranges and field helpers -------------------------------------------------------------------
@@ -284,6 +286,7 @@ class SearchConfig:
     accelerator: AcceleratorName = opt(default="auto")
     precision: Any = opt(default="32", describe=", ".join(PRECISIONS))
     channels_last: bool = opt(default=False)
+    quad_impl: QuadImpl = opt(default="auto")
     results_csv: str | None = opt(describe="a CSV file path or null")
     keep_checkpoint: bool = opt(default=True)
     train: SearchTrainConfig = section(SearchTrainConfig)
@@ -341,6 +344,7 @@ class RetrainConfig:
     accelerator: AcceleratorName = opt(default="auto")
     precision: Any = opt(default="32", describe=", ".join(PRECISIONS))
     channels_last: bool = opt(default=False)
+    quad_impl: QuadImpl = opt(default="auto")
     memory_saving: bool = opt()
     results_csv: str | None = opt(describe="a CSV file path or null")
     train: RetrainTrainConfig = section(RetrainTrainConfig)

@@ -91,6 +91,7 @@ from search_spaces.arch import Arch, build_net
 from search_spaces.blocks import SKIP_OPS
 from search_spaces.io import atomic_save_figure, atomic_write_text
 from search_spaces.naswot import naswot_scores
+from search_spaces.quadratic import set_impl
 from search_spaces.sampling import EmptyBand, sample_in_band
 from search_spaces.spaces import SearchSpace, space_from_config
 from search_spaces.summary import count_macs, count_params
@@ -219,6 +220,7 @@ def prepare(cfg: DictConfig, dist_info: DistInfo, accel: Accelerator | None = No
 def build_state(cfg: DictConfig, setup: Setup) -> State:
     seed_everything(cfg.seed)
     model = Supernet(setup.train_space, cfg.train.drop_path, layer_scale_init=cfg.train.layer_scale_init)
+    set_impl(model, cfg.get("quad_impl", "auto"))
     setup.accel.module(model)  # before the optimizers, so that their state lives on the device too
     t = cfg.train
     if t.optimizer == "sgd":  # the ProxylessNAS recipe (MBConv nets)

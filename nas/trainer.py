@@ -58,6 +58,7 @@ from nas.loops import (
 )
 from nas.report import EvaluatedRun, report
 from search_spaces.arch import build_net
+from search_spaces.quadratic import set_impl
 from search_spaces.summary import count_params
 
 log = logging.getLogger("nas.trainer")
@@ -128,6 +129,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     seed_everything(cfg.seed)
     model = build_net(job.arch, tc.drop_path, cfg.memory_saving)
+    set_impl(model, cfg.get("quad_impl", "auto"))
     ckpt_path = run_dir / CHECKPOINT
     resume = ckpt_path.exists()
     state = None

@@ -244,6 +244,17 @@ class QuadDWConv2d(nn.Module):
         return f"impl={self.impl!r}, memory_saving={self.memory_saving}"
 
 
+def set_impl(module: nn.Module, impl: str) -> int:
+    """Switch every :class:`QuadDWConv2d` in ``module`` to ``impl`` (one of :data:`IMPLS`); returns how many.
+    ``impl="separate"`` everywhere is the path every run took before ``dense`` existed."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+    convs = [m for m in module.modules() if isinstance(m, QuadDWConv2d)]
+    for m in convs:
+        m.impl = impl
+    return len(convs)
+
+
 class QuadLinear(nn.Module):
     """Quadratic neuron layer over the last dimension.
 
