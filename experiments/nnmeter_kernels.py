@@ -39,9 +39,11 @@ QUADRA_STAGES = ((32, 56), (64, 28), (128, 14), (256, 7))  # quadra space at 224
 PROXYLESS_STAGES = ((24, 56), (40, 28), (80, 14), (96, 14), (192, 7), (320, 7))  # proxyless space, stride-1 layers
 
 
-def block_view(op: str, channels: int, size: int, predictor: str) -> tuple[list[dict], dict]:
-    """nn-Meter's kernels of one block (op at ``channels`` x ``size`` x ``size``, batch 1) and a summary
-    row: priced kernels, dropped ops (by ONNX type) and MACs (real, and carried by nn-Meter's features)."""
+def block_view(op: str, channels: int, size: int, predictors: tuple[str, ...] = PREDICTORS
+               ) -> dict[str, tuple[list[dict], dict]]:
+    """Per predictor, nn-Meter's kernels of one block (op at ``channels`` x ``size`` x ``size``, batch 1,
+    exported once) and a summary row: priced kernels, dropped ops (by ONNX type) and MACs (real, and
+    carried by nn-Meter's features)."""
     from latency.nnmeter.session import detect_kernels
 
     torch.manual_seed(0)
@@ -49,29 +51,32 @@ def block_view(op: str, channels: int, size: int, predictor: str) -> tuple[list[
     shape = (1, channels, size, size)
     model = to_onnx_model(module, shape)
     onnx_types = {n.name: n.op_type for n in model.graph.node}
-    kernels = detect_kernels(model, PREDICTOR_KERNELS[predictor])
-    rows, dropped, priced = [], Counter(), Counter()
-    feature_macs = 0.0
-    for k in kernels:
-        feats = k.get("features")
-        if k["priced"] and feats is not None and ("conv" in k["op"] or k["op"].startswith("fc")):
-            feature_macs += (feats[5] if "conv" in k["op"] else feats[2]) * 1e6  # FLOPs feature / 2 (M)
-        types = "+".join(onnx_types.get(n, "?") for n in k["nodes"])
-        rows.append({"block": op, "channels": channels, "size": size, "predictor": predictor,
-                     "nnmeter_op": k["op"], "regressor": k["kernel"], "priced": k["priced"],
-                     "onnx_ops": types, "features": "" if feats is None else " ".join(f"{v:g}" for v in feats),
-                     "nnmeter_input": str(k.get("input_tensors", "")), "nodes": " ".join(k["nodes"])})
-        if k["priced"]:
-            priced[k["kernel"]] += 1
-        elif not all(onnx_types.get(n) in FREE_OP_TYPES for n in k["nodes"]):
-            dropped[types] += 1
     macs = total_macs(trace_kernels(module, shape))
-    summary = {"block": op, "channels": channels, "size": size, "predictor": predictor,
-               "priced": ", ".join(f"{n} x{c}" for n, c in sorted(priced.items())),
-               "dropped (0 ms)": ", ".join(f"{n} x{c}" for n, c in sorted(dropped.items())),
-               "macs_M": macs / 1e6, "features_macs_M": feature_macs / 1e6,
-               "features_share": feature_macs / macs if macs else float("nan")}
-    return rows, summary
+    out = {}
+    for predictor in predictors:
+        kernels = detect_kernels(model, PREDICTOR_KERNELS[predictor])
+        rows, dropped, priced = [], Counter(), Counter()
+        feature_macs = 0.0
+        for k in kernels:
+            feats = k.get("features")
+            if k["priced"] and feats is not None and ("conv" in k["op"] or k["op"].startswith("fc")):
+                feature_macs += (feats[5] if "conv" in k["op"] else feats[2]) * 1e6  # FLOPs feature / 2 (M)
+            types = "+".join(onnx_types.get(n, "?") for n in k["nodes"])
+            rows.append({"block": op, "channels": channels, "size": size, "predictor": predictor,
+                         "nnmeter_op": k["op"], "regressor": k["kernel"], "priced": k["priced"],
+                         "onnx_ops": types, "features": "" if feats is None else " ".join(f"{v:g}" for v in feats),
+                         "nnmeter_input": str(k.get("input_tensors", "")), "nodes": " ".join(k["nodes"])})
+            if k["priced"]:
+                priced[k["kernel"]] += 1
+            elif not all(onnx_types.get(n) in FREE_OP_TYPES for n in k["nodes"]):
+                dropped[types] += 1
+        out[predictor] = (rows, {
+            "block": op, "channels": channels, "size": size, "predictor": predictor,
+            "priced": ", ".join(f"{n} x{c}" for n, c in sorted(priced.items())),
+            "dropped (0 ms)": ", ".join(f"{n} x{c}" for n, c in sorted(dropped.items())),
+            "macs_M": macs / 1e6, "features_macs_M": feature_macs / 1e6,
+            "features_share": feature_macs / macs if macs else float("nan")})
+    return out
 
 
 def run(out: Path = OUT) -> pd.DataFrame:
@@ -80,8 +85,7 @@ def run(out: Path = OUT) -> pd.DataFrame:
     blocks = [(f"quadra_k{k}_e{e}", c, s) for c, s in QUADRA_STAGES for k in (3, 5, 7) for e in (2, 4)]
     blocks += [(f"mbconv_k{k}_e{e}", c, s) for c, s in PROXYLESS_STAGES for k in (3, 5, 7) for e in (3, 6)]
     for op, c, s in blocks:
-        for predictor in PREDICTORS:
-            rows, row = block_view(op, c, s, predictor)
+        for rows, row in block_view(op, c, s).values():
             detail += rows
             summary.append(row)
     detail_df, summary_df = pd.DataFrame(detail), pd.DataFrame(summary)

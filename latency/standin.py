@@ -40,6 +40,26 @@ even where the CNN fit alone would set its bandwidth term to zero (the VPU). We 
 tried mirroring nn-Meter's free ``add`` on the VPU: leave-one-out error got worse
 (20.3% vs 18.5% MAPE), so ``add`` is priced on every device.
 
+Pricing (``pricing=device|nnmeter``)
+------------------------------------
+``device`` (the default) is the cost model above: every kernel a runtime executes is priced.
+``nnmeter`` prices exactly the kernels nn-Meter's predictor for the same device would price
+(:mod:`latency.nnmeter.semantics`; what nn-Meter's own kernel detection makes of our blocks is in
+``experiments/results/nnmeter_kernels.md``), each with the SAME fitted per-kernel cost, and gives 0 ms to
+what nn-Meter drops:
+
+* kernels map to nn-Meter's regressor names (conv -> conv-bn-relu, dwconv -> dwconv-bn-relu, fc, bn /
+  bnrelu, relu, hardswish -> hswish, add / addrelu, max/avg pool, global pool -> global-avgpool, concat,
+  channel shuffle; the sigmoid gate and its multiply of a squeeze-excite -> se); a kernel whose regressor
+  the device's predictor lacks costs 0 (on the Myriad VPU: add without a fused ReLU, global pool, concat;
+  on the Adrenos also fc);
+* LayerNorm, GELU, elementwise multiply (outside SE), transposes, softmax, other activations and
+  reductions cost 0 on every device;
+* an fc over r > 1 rows (a Linear over the pixels of a map) is priced as ONE row: nn-Meter's fc features
+  are (cin, cout, flops of one vector), with no row count.
+
+The roofline (``a100``) has no nn-Meter counterpart and prices every kernel under either pricing.
+
 A100 (not fitted)
 -----------------
 nn-Meter has no server-GPU predictor. ``a100`` is an uncalibrated roofline per
@@ -60,7 +80,7 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import hydra
@@ -69,8 +89,9 @@ import pandas as pd
 from omegaconf import DictConfig
 from torch import nn
 
-from latency.base import STANDIN, Latency
-from latency.kernels import Kernel, trace_kernels
+from latency.base import PRICINGS, STANDIN, Latency
+from latency.kernels import BYTES_PER_ELEMENT, Kernel, trace_kernels
+from latency.nnmeter.semantics import PREDICTOR_KERNELS
 from search_spaces.io import atomic_write_text
 
 CODE_VERSION = "standin-cost-model-1"
@@ -132,6 +153,65 @@ _FUSABLE_ACTS = frozenset({"relu", "relu6", "hardtanh"})
 _PRODUCERS_BN = frozenset({"conv", "dwconv", "fc"})
 _PRODUCERS_ACT = frozenset({"conv", "dwconv", "fc", "bn", "add"})
 
+DEFAULT_PRICING = PRICINGS[0]
+# nn-Meter regressor of an (unfused) kernel type; None: nn-Meter prices it at 0 ms on every predictor.
+_NNMETER_REGRESSOR = {
+    "conv": "conv-bn-relu", "dwconv": "dwconv-bn-relu", "fc": "fc", "bn": "bn", "add": "add",
+    "global_pool": "global-avgpool", "concat": "concat", "channel_shuffle": "channelshuffle",
+    "layernorm": None, "gelu": None, "transpose": None, "softmax": None, "reduce": None, "resize": None,
+    "mul": None,
+}
+_NNMETER_ACT = {"relu": "relu", "relu6": "relu", "hardtanh": "relu", "hardswish": "hswish"}
+_SE_GATES = frozenset({"sigmoid", "hardsigmoid"})
+
+
+def parse_pricing(value: str) -> str:
+    """One of :data:`PRICINGS`; anything else is a one-line error naming them."""
+    if value not in PRICINGS:
+        raise ValueError(f"pricing={value} is invalid; valid: {', '.join(PRICINGS)}")
+    return value
+
+
+def nnmeter_dropped(device_key: str) -> str:
+    """Short list of the op kinds nn-Meter prices at 0 ms on ``device_key`` (for provenance strings)."""
+    kinds = ["LN", "GELU", "Mul", "Transpose"]
+    have = PREDICTOR_KERNELS[device_key]
+    if "add" not in have:
+        kinds.append("Add")
+    if "fc" not in have:
+        kinds.append("FC")
+    return "/".join(kinds)
+
+
+def pricing_note(pricing: str, device_key: str) -> str:
+    """What a pricing means, for provenance strings; "" for ``device`` (every op priced)."""
+    if pricing == "device" or device_key not in PREDICTOR_KERNELS:
+        return ""
+    return (f"nn-Meter semantics ({nnmeter_dropped(device_key)} at 0 ms, fc priced as one row)")
+
+
+def nnmeter_regressor(k: Kernel, producer: Kernel | None, fused_relu: bool) -> str | None:
+    """The nn-Meter regressor an unfused kernel would be priced by (None: no kernel nn-Meter prices)."""
+    if k.type == "relu":
+        if k.op in _SE_GATES:
+            return "se"
+        return _NNMETER_ACT.get(k.op)
+    if k.type == "mul":
+        return "se" if producer is not None and producer.type == "relu" and producer.op in _SE_GATES else None
+    if k.type == "pool":
+        return "maxpool" if "max" in k.op else "avgpool"
+    if k.type in ("bn", "add") and fused_relu:
+        return k.type + "relu"
+    return _NNMETER_REGRESSOR.get(k.type)
+
+
+def _one_row_fc(k: Kernel) -> Kernel:
+    """``k`` (an fc over any number of rows) as nn-Meter sees it: one input vector, one output vector."""
+    cin = int(k.input_shape[-1]) if k.input_shape else 0
+    cout = int(k.output_shape[-1]) if k.output_shape else 0
+    return replace(k, input_shape=(1, cin), output_shape=(1, cout), macs=cin * cout,
+                   bytes=BYTES_PER_ELEMENT * (cin + k.params + cout))
+
 
 # --------------------------------------------------------------------------- per-kernel features
 
@@ -166,10 +246,40 @@ def _zero() -> dict[str, float]:
     return dict.fromkeys(FEATURES, 0.0)
 
 
-def kernel_feature_rows(kernels: Sequence[Kernel]) -> list[tuple[Kernel, list[dict[str, float]]]]:
-    """Per unfused kernel, its alternative feature vectors (cost = max over them; usually one)."""
+def nnmeter_kernels(kernels: Sequence[Kernel], device_key: str) -> list[Kernel | None]:
+    """Per kernel, what ``pricing=nnmeter`` prices on ``device_key``: the kernel itself, a one-row copy of a
+    multi-row fc, or None (fused into its producer, or priced at 0 ms by nn-Meter's predictor)."""
+    have = PREDICTOR_KERNELS[device_key]
+    mask = fused_mask(kernels)
+    producer: dict[int, Kernel] = {k.out_id: k for k in kernels}
+    relu_fused_into = {id(producer[k.in_ids[0]]) for k, f in zip(kernels, mask, strict=True)
+                       if f and k.type == "relu" and k.in_ids and k.in_ids[0] in producer}
+    out: list[Kernel | None] = []
+    for k, fused in zip(kernels, mask, strict=True):
+        p = producer.get(k.in_ids[0]) if k.in_ids else None
+        if k.type == "mul" and len(k.in_ids) > 1:  # the gate may be either operand
+            p = next((producer[i] for i in k.in_ids if i in producer and producer[i].type == "relu"
+                      and producer[i].op in _SE_GATES), p)
+        name = None if fused else nnmeter_regressor(k, p, id(k) in relu_fused_into)
+        if name is None or name not in have:
+            out.append(None)
+        else:
+            out.append(_one_row_fc(k) if k.type == "fc" and _fc_rows(k) > 1 else k)
+    return out
+
+
+def kernel_feature_rows(kernels: Sequence[Kernel], pricing: str = DEFAULT_PRICING, device_key: str = ""
+                        ) -> list[tuple[Kernel, list[dict[str, float]]]]:
+    """Per priced kernel, its alternative feature vectors (cost = max over them; usually one).
+    ``pricing="device"``: every unfused kernel; ``"nnmeter"``: those nn-Meter's ``device_key`` predictor
+    prices (:func:`nnmeter_kernels`), a multi-row fc as one row."""
+    if pricing == "nnmeter":
+        seen = nnmeter_kernels(kernels, device_key)
+        pairs = [(k, False) for k in seen if k is not None]
+    else:
+        pairs = list(zip(kernels, fused_mask(kernels), strict=True))
     rows = []
-    for k, fused in zip(kernels, fused_mask(kernels), strict=True):
+    for k, fused in pairs:
         if fused:
             continue
         conv_like = _zero()
@@ -219,10 +329,12 @@ class StandinPredictor:
     error_note: str = ""
     version: str = ""
     provenance: str = STANDIN
+    pricing: str = DEFAULT_PRICING  # device | nnmeter (see the module docstring)
 
     @property
     def name(self) -> str:
-        return f"standin/{self.device_key}"
+        suffix = "" if self.pricing == "device" else f"+{self.pricing}-pricing"
+        return f"standin/{self.device_key}{suffix}"
 
     def kernel_ms(self, k: Kernel, alts: list[dict[str, float]] | None = None) -> float:
         """Latency of one (unfused) kernel."""
@@ -231,7 +343,7 @@ class StandinPredictor:
             t = max(2.0 * k.macs / r["peak_flops"], k.bytes / r["hbm_bandwidth_Bps"]) + r["kernel_launch_s"]
             return 1e3 * t
         if alts is None:
-            rows = kernel_feature_rows([k])
+            rows = kernel_feature_rows([k], self.pricing, self.device_key)
             alts = rows[0][1] if rows else [_zero()]
         return max(_dot(self.coefficients, f) for f in alts)
 
@@ -242,7 +354,7 @@ class StandinPredictor:
             for k in kernels:
                 out[k.type] = out.get(k.type, 0.0) + self.kernel_ms(k)
             return out
-        for k, alts in kernel_feature_rows(kernels):
+        for k, alts in kernel_feature_rows(kernels, self.pricing, self.device_key):
             out[k.type] = out.get(k.type, 0.0) + self.kernel_ms(k, alts)
         return out
 
@@ -262,8 +374,11 @@ def _hash(*parts: str) -> str:
     return h.hexdigest()[:16]
 
 
-def load_standin(device_key: str, constants_path: str | Path | None = None) -> StandinPredictor:
-    """The stand-in for ``device_key`` (one of :data:`DEVICE_KEYS`)."""
+def load_standin(device_key: str, constants_path: str | Path | None = None, pricing: str = DEFAULT_PRICING
+                 ) -> StandinPredictor:
+    """The stand-in for ``device_key`` (one of :data:`DEVICE_KEYS`) under ``pricing`` (:data:`PRICINGS`;
+    the roofline ``a100`` has no nn-Meter counterpart and always prices every kernel)."""
+    parse_pricing(pricing)
     if device_key not in DEVICE_KEYS:
         raise ValueError(f"unknown stand-in device {device_key!r}; valid keys: {', '.join(DEVICE_KEYS)}")
     if device_key in ROOFLINE_DEVICES:
@@ -282,8 +397,12 @@ def load_standin(device_key: str, constants_path: str | Path | None = None) -> S
         raise ValueError(f"{path} has no constants for {device_key!r}; run `python -m latency.standin cmd=fit`") \
             from None
     coef = {name: float(dev["coefficients"][name]) for name in FEATURES}
+    note = pricing_note(pricing, device_key)
+    # device pricing keeps the version (and table keys) it had before pricings existed
+    version = _hash(CODE_VERSION, device_key, raw.decode(), *(() if pricing == "device" else (pricing,)))
     return StandinPredictor(device_key=device_key, coefficients=coef, error_note=_error_note(dev["loo"]),
-                            version=_hash(CODE_VERSION, device_key, raw.decode()))
+                            version=version, provenance=f"{STANDIN}, {note}" if note else STANDIN,
+                            pricing=pricing)
 
 
 def _error_note(loo: dict) -> str:

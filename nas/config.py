@@ -46,6 +46,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from latency.base import PRICINGS
 from search_spaces.quadranet import MODELS
 from search_spaces.spaces import SPACES
 from supernet.loss import KINDS as LOSS_KINDS
@@ -83,6 +84,7 @@ ModelName = _enum("ModelName", tuple(MODELS))
 WeightOptimizer = _enum("WeightOptimizer", WEIGHT_OPTIMIZERS)
 ArchOptimizer = _enum("ArchOptimizer", ARCH_OPTIMIZERS)
 DeriveMethod = _enum("DeriveMethod", DERIVE_METHODS)
+Pricing = _enum("Pricing", PRICINGS)
 
 
 # -- ranges and field helpers -------------------------------------------------------------------
@@ -271,6 +273,7 @@ class SearchConfig:
     """conf/search.yaml (``python -m nas.search``)."""
 
     device: DeviceConfig = opt()
+    pricing: Pricing = opt(default=PRICINGS[0])
     search_space: SearchSpaceConfig = opt()
     dataset: DatasetConfig = opt()
     loss: LossConfig = opt()

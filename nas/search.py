@@ -176,11 +176,12 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
 # -- the parts ------------------------------------------------------------------------------
 def prepare(cfg: DictConfig, dist_info: DistInfo) -> Setup:
     target_ms = parse_latency_ms(cfg.latency)
-    profile = profile_from_dict(OmegaConf.to_container(cfg.device, resolve=True))
+    pricing = str(cfg.get("pricing", "device"))  # a config saved before pricings existed: device
+    profile = profile_from_dict({**OmegaConf.to_container(cfg.device, resolve=True), "pricing": pricing})
     space = space_from_config(OmegaConf.to_container(cfg.search_space, resolve=True))
     # Latency tables at the deployment shape: search device first, then the others for logging.
     devices = [profile.name] + [d for d in cfg.log_devices if d != profile.name]
-    tables = {name: get_table(space, profile if name == profile.name else load_profile(name),
+    tables = {name: get_table(space, profile if name == profile.name else load_profile(name, pricing=pricing),
                               progress=dist_info.is_main) for name in devices}
     lo, hi = tables[profile.name].range_ms()
     if target_ms < lo:

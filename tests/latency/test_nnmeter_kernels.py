@@ -14,8 +14,9 @@ def _priced(rows):
 
 
 def test_quadrablock_kernels_nnmeter_prices_and_drops():
-    vpu_rows, vpu = block_view("quadra_k3_e2", 32, 7, "myriadvpu_openvino2019r2")
-    a76_rows, a76 = block_view("quadra_k3_e2", 32, 7, "cortexA76cpu_tflite21")
+    views = block_view("quadra_k3_e2", 32, 7)
+    vpu_rows, vpu = views["myriadvpu_openvino2019r2"]
+    a76_rows, a76 = views["cortexA76cpu_tflite21"]
     # VPU: three depthwise convs and two single-row fc; everything else at 0 ms
     assert [k for k, _ in _priced(vpu_rows)] == ["dwconv-bn-relu"] * 3 + ["fc"] * 2
     assert vpu["dropped (0 ms)"] == "Add x3, Gelu x1, LayerNormalization x2, Mul x3, Transpose x4"
@@ -31,7 +32,7 @@ def test_quadrablock_kernels_nnmeter_prices_and_drops():
 
 
 def test_mbconv_is_priced_whole_but_its_residual_add_on_the_vpu():
-    rows, row = block_view("mbconv_k3_e3", 24, 7, "myriadvpu_openvino2019r2")
+    rows, row = block_view("mbconv_k3_e3", 24, 7, ("myriadvpu_openvino2019r2",))["myriadvpu_openvino2019r2"]
     assert [r["nnmeter_op"] for r in rows if r["priced"]] == ["conv-relu", "dwconv-relu", "conv"]
     assert row["dropped (0 ms)"] == "Add x1" and row["features_share"] == pytest.approx(1.0, abs=0.05)  # + bias terms
 
