@@ -358,6 +358,16 @@ class StandinPredictor:
             out[k.type] = out.get(k.type, 0.0) + self.kernel_ms(k, alts)
         return out
 
+    def per_kernel_ms(self, kernels: Sequence[Kernel]) -> list[float]:
+        """Latency of each kernel of ``kernels`` (aligned with it; 0 where it is fused or, under
+        ``pricing="nnmeter"``, where nn-Meter prices nothing). Sums to :meth:`kernels_ms`."""
+        if self.roofline is not None:
+            return [self.kernel_ms(k) for k in kernels]
+        if self.pricing == "nnmeter":
+            device = replace(self, pricing="device")
+            return [0.0 if v is None else device.kernel_ms(v) for v in nnmeter_kernels(kernels, self.device_key)]
+        return [0.0 if fused else self.kernel_ms(k) for k, fused in zip(kernels, fused_mask(kernels), strict=True)]
+
     def kernels_ms(self, kernels: Sequence[Kernel]) -> float:
         return float(sum(self.breakdown_ms(kernels).values()))
 
