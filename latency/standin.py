@@ -94,7 +94,7 @@ from latency.kernels import BYTES_PER_ELEMENT, Kernel, trace_kernels
 from latency.nnmeter.semantics import PREDICTOR_KERNELS
 from search_spaces.io import atomic_write_text
 
-CODE_VERSION = "standin-cost-model-1"
+CODE_VERSION = "standin-cost-model-2"  # 2: the A76 im2col and strided-conv terms
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CONSTANTS_PATH = DATA_DIR / "standin_constants.json"
 PACKAGED_REFERENCE_CSV = DATA_DIR / "nnmeter_reference_latency.csv"  # package data, in the wheel
@@ -134,7 +134,15 @@ A100_ROOFLINE = {
     "source": "NVIDIA A100 datasheet (FP32 19.5 TFLOPS, HBM2 1555 GB/s); ~8 us eager launch overhead",
 }
 
-FEATURES = ("conv_macs", "dw_macs", "fc_bytes", "conv_bytes", "mem_bytes", "n_conv", "n_dw", "n_mem")
+FEATURES = ("conv_macs", "dw_macs", "fc_bytes", "conv_bytes", "mem_bytes", "n_conv", "n_dw", "n_mem",
+            "conv_im2col_bytes", "conv_strided_macs")
+BASE_FEATURES = FEATURES[:8]
+# The two convolution terms are fitted for the A76 only (TFLite's CPU convs are im2col + GEMM: a k x k conv
+# writes and reads a k*k*Cin/groups x Hout*Wout patch buffer, a 1x1 conv none; and strided convs ran slower per
+# MAC in nn-Meter's A76 data). Chosen by leave-one-out error among 8 candidate terms and their pairs (selection
+# on the same 18 models: see the held-out check on nn-Meter's torch conversions in latency/data/README.md);
+# every other device keeps the 8 base terms (the extra coefficients are 0).
+DEVICE_FEATURES = {"cortexA76cpu_tflite21": FEATURES}
 FEATURE_DOC = {
     "conv_macs": "ms per MAC of regular/grouped convs and multi-row fc (GEMM)",
     "dw_macs": "ms per MAC of depthwise convs",
@@ -144,6 +152,8 @@ FEATURE_DOC = {
     "n_conv": "ms overhead per conv / fc kernel",
     "n_dw": "ms overhead per depthwise conv kernel",
     "n_mem": "ms overhead per memory-bound kernel",
+    "conv_im2col_bytes": "ms per byte of the im2col buffer of a k x k (k > 1) regular/grouped conv (A76 only)",
+    "conv_strided_macs": "ms per MAC of regular/grouped convs with stride > 1, on top of conv_macs (A76 only)",
 }
 MEMORY_BOUND_TYPES = frozenset({
     "bn", "relu", "add", "mul", "pool", "global_pool", "concat", "layernorm", "gelu", "transpose",
@@ -285,7 +295,14 @@ def kernel_feature_rows(kernels: Sequence[Kernel], pricing: str = DEFAULT_PRICIN
         conv_like = _zero()
         conv_like.update(conv_macs=k.macs, conv_bytes=k.bytes, n_conv=1)
         if k.type == "conv":
-            alts = [conv_like]
+            f = dict(conv_like)
+            if k.kernel_size > 1 and len(k.output_shape) == 4 and len(k.input_shape) == 4:
+                n, _, h, w = k.output_shape
+                f["conv_im2col_bytes"] = BYTES_PER_ELEMENT * n * h * w * k.kernel_size ** 2 * (
+                    k.input_shape[1] // max(k.groups, 1))
+            if k.stride > 1:
+                f["conv_strided_macs"] = k.macs
+            alts = [f]
         elif k.type == "dwconv":
             f = _zero()
             f.update(dw_macs=k.macs, conv_bytes=k.bytes, n_dw=1)
@@ -406,7 +423,7 @@ def load_standin(device_key: str, constants_path: str | Path | None = None, pric
     except KeyError:
         raise ValueError(f"{path} has no constants for {device_key!r}; run `python -m latency.standin cmd=fit`") \
             from None
-    coef = {name: float(dev["coefficients"][name]) for name in FEATURES}
+    coef = {name: float(dev["coefficients"].get(name, 0.0)) for name in FEATURES}  # older files: 8 terms
     note = pricing_note(pricing, device_key)
     # device pricing keeps the version (and table keys) it had before pricings existed
     version = _hash(CODE_VERSION, device_key, raw.decode(), *(() if pricing == "device" else (pricing,)))
@@ -472,13 +489,15 @@ def _solve(X: np.ndarray, y: np.ndarray, lower: np.ndarray) -> np.ndarray:
     return np.maximum(res.x, lb) / scale
 
 
-def fit_device(features: pd.DataFrame, reference_ms: pd.Series, lower: dict[str, float] | None = None
-               ) -> tuple[dict[str, float], pd.DataFrame]:
-    """Fit one device; returns (coefficients, per-model frame with fit and leave-one-out predictions)."""
+def fit_device(features: pd.DataFrame, reference_ms: pd.Series, lower: dict[str, float] | None = None,
+               terms: Sequence[str] = BASE_FEATURES) -> tuple[dict[str, float], pd.DataFrame]:
+    """Fit one device on the cost terms ``terms`` (the others are 0); returns (coefficients, per-model frame
+    with fit and leave-one-out predictions)."""
     names = list(reference_ms.index)
-    X = features.loc[names, list(FEATURES)].to_numpy(dtype=float)
+    terms = [f for f in FEATURES if f in terms]
+    X = features.loc[names, terms].to_numpy(dtype=float)
     y = reference_ms.to_numpy(dtype=float)
-    lb = np.array([(lower or {}).get(f, 0.0) for f in FEATURES])
+    lb = np.array([(lower or {}).get(f, 0.0) for f in terms])
     coef = _solve(X, y, lb)
     loo = np.full(len(y), np.nan)
     if len(y) >= 3:
@@ -488,7 +507,8 @@ def fit_device(features: pd.DataFrame, reference_ms: pd.Series, lower: dict[str,
     frame = pd.DataFrame({"model": names, "reference_ms": y, "fit_ms": X @ coef, "loo_ms": loo})
     frame["fit_error_pct"] = 100.0 * (frame.fit_ms - frame.reference_ms) / frame.reference_ms
     frame["loo_error_pct"] = 100.0 * (frame.loo_ms - frame.reference_ms) / frame.reference_ms
-    return dict(zip(FEATURES, map(float, coef), strict=True)), frame
+    fitted = dict(zip(terms, map(float, coef), strict=True))
+    return {f: fitted.get(f, 0.0) for f in FEATURES}, frame
 
 
 REPORT_COLUMNS = ("model", "device", "reference_ms", "fit_ms", "loo_ms", "fit_error_pct", "loo_error_pct")
@@ -541,13 +561,15 @@ def fit_standins(reference_csv: str | Path | None = None, *, models: Sequence[st
         r = r[r.index.isin(wanted)]
         r = r.loc[[m for m in wanted if m in r.index]]
         lower = {"mem_bytes": 1e3 / PEAK_DRAM_BANDWIDTH[dev]}
-        coef, frame = fit_device(feats, r, lower)
+        terms = DEVICE_FEATURES.get(dev, BASE_FEATURES)
+        coef, frame = fit_device(feats, r, lower, terms)
         frame.insert(1, "device", dev)
         frames.append(frame)
         s = loo_summary(frame).iloc[0]
         constants["devices"][dev] = {
             "coefficients": coef,
             "lower_bounds": lower,
+            "terms": list(terms),
             "peak_dram_bandwidth_Bps": PEAK_DRAM_BANDWIDTH[dev],
             "loo": {"n_models": int(s.n_models), "mape_pct": round(float(s.loo_mape_pct), 2),
                     "within_10_pct": round(float(s.loo_within_10_pct), 1),
