@@ -158,13 +158,53 @@ def run(device: str = "vpu", target_ms: float = 30.0, out: Path = OUT) -> pd.Dat
     return df
 
 
+def export_rows(exports: dict[str, Path]) -> pd.DataFrame:
+    """Exported architectures (``label -> arch.json`` of ``nas.search``) priced as table sums under both pricings
+    on cpu and vpu, with their deployment MACs / params and the host's measured table sum from the export."""
+    from search_spaces.arch import Arch
+    from search_spaces.spaces import space_of
+
+    rows = []
+    for label, path in exports.items():
+        arch = Arch.load(path)
+        meta = arch.metadata
+        space = space_of(arch)
+        row = {"export": label, "searched with": meta["latency_ms"][meta["search"].get("device", "vpu")]["predictor"]
+               if "search" in meta else "", "macs_M": meta["deployment"]["macs"] / 1e6,
+               "params_M": meta["deployment"]["params"] / 1e6,
+               "blocks": sum(c not in SKIP_OPS for c in arch.choices)}
+        for dev in ("vpu", "cpu"):
+            for pricing in ("device", "nnmeter"):
+                profile = load_profile(dev, pricing=pricing)
+                t = get_table(space, profile, progress=False)
+                row[f"{dev}_ms {pricing}"] = t.arch_ms(deployment_space(space, profile).arch(arch.choices))
+        row["host_ms (measured table)"] = meta["latency_ms"].get("host", {}).get("ms", float("nan"))
+        row["choices"] = " ".join(arch.choices)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="vpu", choices=sorted(DEVICE_KEYS))
     parser.add_argument("--target-ms", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--export", action="append", default=[], metavar="LABEL=ARCH_JSON",
+                        help="also tabulate these exports under both pricings (repeatable)")
     args = parser.parse_args(argv)
     run(args.device, args.target_ms, args.out)
+    if args.export:
+        exports = dict(e.split("=", 1) for e in args.export)
+        df = export_rows({k: Path(v) for k, v in exports.items()})
+        lines = ["# The default search's export per pricing (`python -m nas.search device=vpu latency=30ms "
+                 "pricing=...`)", "",
+                 "Each export priced as table sums of the calibrated stand-ins (NOT nn-Meter) under both pricings "
+                 "(`standin/myriadvpu_openvino2019r2`, `standin/cortexA76cpu_tflite21`); host: the export's table "
+                 "sum on this host's measured table (`measured/host-cpu-1threads`, written at search time). MACs / "
+                 "params of the deployment network (3x224x224, 1000 classes).", "",
+                 md_table(df.drop(columns=["choices"]), floatfmt="{:.4g}"), "", "Choices:", ""]
+        lines += [f"- {r.export}: `{r.choices}`" for r in df.itertuples()]
+        report(args.out.with_name("pricing_exports_vpu"), df, lines)
 
 
 if __name__ == "__main__":
