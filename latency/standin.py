@@ -26,7 +26,9 @@ Every remaining kernel falls in one cost class and costs (ms)::
           gelu, transpose, channel_shuffle, softmax, reduce, resize)
           b_mem * bytes + o_mem
 
-i.e. 8 non-negative constants per device, fitted by bounded least squares (BVLS)
+plus, on the A76 only, ``c_im2col * im2col_bytes`` for a k x k (k > 1) regular conv (its im2col
+patch buffer, Hout*Wout*k*k*Cin/groups floats) and ``a_strided * macs`` for a strided one (see
+:data:`DEVICE_FEATURES`); i.e. 8 (A76: 10) non-negative constants per device, fitted by bounded least squares (BVLS)
 on the relative error (each model's row weighted by 1/reference, so VGGs do not
 dominate). An fc over r > 1 rows costs max(conv-class cost, fc-class cost), so its
 cost never drops below the single-row cost.
