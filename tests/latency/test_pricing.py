@@ -82,3 +82,13 @@ def test_a_bad_pricing_is_a_one_line_config_error():
 
     with pytest.raises(ConfigError, match=r"^pricing=nnmeters is invalid; valid: device, nnmeter$"):
         check_config(_cfg("pricing=nnmeters"), "search")
+
+
+def test_a_run_saved_before_pricing_existed_resumes_as_device_pricing(tmp_path):
+    from nas.checkpoint import CheckpointError, check_resume_config
+    from nas.search import _with_pricing
+
+    new = {"pricing": "device", "seed": 0}
+    check_resume_config(_with_pricing({"seed": 0}), new, tmp_path / "old")  # no error
+    with pytest.raises(CheckpointError, match="differs in: pricing"):
+        check_resume_config(_with_pricing({"seed": 0}), {**new, "pricing": "nnmeter"}, tmp_path / "old")
