@@ -18,6 +18,13 @@ tables and the target binds (it lies inside both spaces' latency ranges, which t
 Run folders are shared with ``experiments.search_vs_random`` (same ``--root`` layout): the quadra
 searches of a variant are the ones that benchmark ran, the proxyless ones live in ``VARIANT-proxyless``.
 Everything resumes: rerun the same command. ``--report-only`` builds tables from finished runs.
+
+``--pricing nnmeter`` runs the searches with ``pricing=nnmeter`` (the stand-ins price only what nn-Meter's
+predictor would; folders ``VARIANT-nnmeter[-proxyless]``) and reports every latency column under that pricing
+(table sums recomputed from the exported choices). A (device, space) whose latency table is the same under both
+pricings (the gpu roofline; MBConv on the cpu) would search exactly as under ``device``: its row is taken from
+the device-pricing table (``--reuse``, default ``experiments/results/table3_search_per_device.csv``) instead of
+being searched and retrained again. ``table3_pricing.md`` puts both pricings and the paper side by side.
 """
 
 from __future__ import annotations
@@ -48,7 +55,8 @@ from experiments.search_vs_random import (
     search_run,
     space_cfg,
 )
-from latency.lut import get_table
+from latency.lut import deployment_space, get_table
+from latency.profiles import load_profile
 from search_spaces.arch import Arch
 from search_spaces.io import atomic_write_text
 from search_spaces.spaces import space_from_config
@@ -71,12 +79,34 @@ def variant_name(variant: str, space: str) -> str:
     return variant if space == "quadra" else f"{variant}-{space}"
 
 
-def space_ranges(points: list[Point]) -> pd.DataFrame:
+def _table(space: str, device: str, pricing: str = "device"):
+    return get_table(space_from_config(space_cfg(space)), load_profile(device, pricing=pricing), progress=False)
+
+
+def same_tables(space: str, device: str) -> bool:
+    """Whether ``space``'s latency table on ``device`` is the same under both pricings (so a search there
+    under ``pricing=nnmeter`` would be the device-pricing one)."""
+    a, b = _table(space, device, "device"), _table(space, device, "nnmeter")
+    return (np.allclose(a.layers.latency_ms, b.layers.latency_ms, rtol=1e-12, atol=0)
+            and np.allclose(a.fixed.latency_ms, b.fixed.latency_ms, rtol=1e-12, atol=0))
+
+
+def priced_latencies(space: str, choices: list[str], pricing: str) -> dict[str, dict]:
+    """Table sums of an architecture (its choices) on every device under ``pricing``, with their predictor."""
+    out = {}
+    for d in DEVICES:
+        t = _table(space, d, pricing)
+        dep = deployment_space(space_from_config(space_cfg(space)), load_profile(d)).arch(choices)
+        out[d] = {"ms": t.arch_ms(dep), "predictor": t.predictor}
+    return out
+
+
+def space_ranges(points: list[Point], pricing: str = "device") -> pd.DataFrame:
     """Each space's latency range on each grid device: the target must lie inside both to bind."""
     rows = []
     for point in points:
         for name in SPACES:
-            lo, hi = get_table(space_from_config(space_cfg(name)), point.device, progress=False).range_ms()
+            lo, hi = _table(name, point.device, pricing).range_ms()
             rows.append({"device": point.device, "space": name, "min_ms": lo, "max_ms": hi,
                          "target_ms": point.target_ms,
                          "binds": lo <= point.target_ms <= hi})
@@ -99,13 +129,16 @@ def host_ms(arch_path: Path, cache: Path) -> dict:
     return known[key]
 
 
-def table_rows(runs: list[dict], cache: Path) -> pd.DataFrame:
-    """One row per (device, space): the paper's columns, top-1 over the retrain seeds."""
+def table_rows(runs: list[dict], cache: Path, pricing: str = "device") -> pd.DataFrame:
+    """One row per (device, space): the paper's columns, top-1 over the retrain seeds. Under ``pricing`` other
+    than device the latency columns are table sums under that pricing."""
     out = []
     for r in runs:
         res = r["results"]
         first = res[0]
         lat = first["latency_ms"]
+        if pricing != "device":
+            lat = priced_latencies(r["space"], list(Arch.load(r["arch_path"]).choices), pricing)
         host = host_ms(r["arch_path"], cache)
         top1 = np.array([x["top1"] for x in res])
         paper = PAPER.get((r["space"], r["device"]))
@@ -122,16 +155,22 @@ def table_rows(runs: list[dict], cache: Path) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def markdown(table: pd.DataFrame, ranges: pd.DataFrame, recipe: list[str], search: list[str], variant: str) -> str:
+def markdown(table: pd.DataFrame, ranges: pd.DataFrame, recipe: list[str], search: list[str], variant: str,
+             pricing: str = "device") -> str:
     """The paper's columns, ours and theirs, then the delta quadra - proxyless per device."""
     predictors = {d: table[f"{d}_predictor"].iloc[0] for d in DEVICES if f"{d}_predictor" in table}
-    lines = ["# Table III: QuadraBlock search vs MBConv (ProxylessNAS) search, per device\n",
+    reused = table[table.variant.astype(str).str.startswith("reused")] if "variant" in table else table.iloc[:0]
+    lines = [f"# Table III: QuadraBlock search vs MBConv (ProxylessNAS) search, per device (pricing={pricing})\n",
              f"Search recipe: variant `{variant}` (`{' '.join(search) or 'defaults'}`), seed 0, both spaces. "
              f"Retrain: `{' '.join(recipe)}` on Fashion-MNIST; top-1 is mean +- std over retrain seeds. "
              "MACs and params are of the deployment network (3x224x224, 1000 classes). Latencies are table sums: "
              + "; ".join(f"{d}: `{p}`" for d, p in predictors.items())
              + f". host: the whole deployment network measured here (`{table.host_predictor.iloc[0]}`, "
              "noisy shared machine). Paper: ImageNet, nn-Meter, targets 300/30/3 ms.\n"]
+    if len(reused):
+        lines.append("Rows taken from the device-pricing table, because that space's table on that device is the "
+                     "same under both pricings (the search would be the same): "
+                     + ", ".join(f"{r.device}/{r.space}" for r in reused.itertuples()) + ".\n")
     top1 = zip(table.top1_mean, table.top1_std, table.n_seeds)
     show = table.assign(top1=[f"{m:.4f} +- {s:.4f} ({n})" for m, s, n in top1])
     cols = ["device", "target_ms", "space", "macs_M", "params_M", "cpu_ms", "vpu_ms", "gpu_ms", "host_ms", "top1",
@@ -151,6 +190,49 @@ def markdown(table: pd.DataFrame, ranges: pd.DataFrame, recipe: list[str], searc
         lines += ["\nQuadra minus proxyless (ours vs the paper's):\n", md_table(pd.DataFrame(deltas))]
     lines += ["\nWhy these targets: each lies inside both spaces' latency ranges on its table, so both searches "
               "are feasible and the budget binds:\n", md_table(ranges)]
+    return "\n".join(lines) + "\n"
+
+
+def side_by_side(device: pd.DataFrame, other: pd.DataFrame, pricing: str) -> str:
+    """Table III under ``pricing=device`` and under ``pricing``, beside the paper's column: MACs, the vpu table
+    sum (each under its own pricing), top-1, and quadra minus proxyless per device."""
+    rows, deltas = [], []
+    for dev in DEVICES:
+        for space in SPACES:
+            a = device[(device.device == dev) & (device.space == space)]
+            b = other[(other.device == dev) & (other.space == space)]
+            if not len(a) and not len(b):
+                continue
+            paper = PAPER[(space, dev)]
+            get = lambda t, c: float(t[c].iloc[0]) if len(t) else float("nan")  # noqa: E731
+            rows.append({"device": dev, "space": space,
+                         "macs_M device": get(a, "macs_M"), f"macs_M {pricing}": get(b, "macs_M"),
+                         "paper_macs_M": paper[0],
+                         f"{dev}_ms device": get(a, f"{dev}_ms"), f"{dev}_ms {pricing}": get(b, f"{dev}_ms"),
+                         f"paper_{dev}_ms": paper[{"cpu": 1, "vpu": 2, "gpu": 3}[dev]],
+                         "top1 device": get(a, "top1_mean"), f"top1 {pricing}": get(b, "top1_mean"),
+                         "paper_top1": paper[4],
+                         f"{pricing} row": "not run" if not len(b) else str(b.variant.iloc[0])})
+    df = pd.DataFrame(rows)
+    for dev, g in df.groupby("device", sort=False):
+        s = g.set_index("space")
+        if set(SPACES) <= set(s.index):
+            q, p = s.loc["quadra"], s.loc["proxyless"]
+            deltas.append({"device": dev,
+                           "delta_top1_pt device": 100 * (q["top1 device"] - p["top1 device"]),
+                           f"delta_top1_pt {pricing}": 100 * (q[f"top1 {pricing}"] - p[f"top1 {pricing}"]),
+                           "paper_delta_top1_pt": q.paper_top1 - p.paper_top1,
+                           "macs_ratio device": q["macs_M device"] / p["macs_M device"],
+                           f"macs_ratio {pricing}": q[f"macs_M {pricing}"] / p[f"macs_M {pricing}"],
+                           "paper_macs_ratio": q.paper_macs_M / p.paper_macs_M})
+    lines = [f"# Table III under pricing=device and pricing={pricing}, beside the paper\n",
+             "Each latency is a table sum of the calibrated stand-in (NOT nn-Meter) under the column's pricing: "
+             "`device` prices every op, `nnmeter` only the kernels nn-Meter's predictor would (LN/GELU/Mul/"
+             "Transpose, on the vpu also Add, at 0 ms; fc as one row). The paper's column is nn-Meter's "
+             "(ImageNet, targets 300/30/3 ms; only its VPU column is on nn-Meter's scale). Top-1: Fashion-MNIST, "
+             "the Table III recipe; mean over retrain seeds.\n", md_table(df, floatfmt="{:.4g}")]
+    if deltas:
+        lines += ["\nQuadra minus proxyless:\n", md_table(pd.DataFrame(deltas), floatfmt="{:.3g}")]
     return "\n".join(lines) + "\n"
 
 
@@ -176,20 +258,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search", default=DEFAULT_SEARCH, help="nas.search overrides of the recipe (both spaces)")
     p.add_argument("--retrain-seeds", default="0,1")
     p.add_argument("--spaces", default=",".join(SPACES), help="run only these spaces (the tables show all finished)")
+    p.add_argument("--pricing", default="device", choices=("device", "nnmeter"),
+                   help="latency pricing of the searches and of the reported table sums")
+    p.add_argument("--reuse", type=Path, default=Path(__file__).resolve().parent / "results"
+                   / "table3_search_per_device.csv",
+                   help="--pricing nnmeter: the device-pricing table whose rows stand for points with equal tables")
     add_run_args(p, "tables from finished runs; run nothing")
     a = p.parse_args(argv)
     points = parse_grid(a.grid)
     seeds = parse_seeds(a.retrain_seeds)
     recipe, search = shlex.split(a.recipe), shlex.split(a.search)
     dirs = {}
+    suffix = "" if a.pricing == "device" else f"-{a.pricing}"
     for space in SPACES:
         overrides = search + ([f"search_space={space}"] if space != "quadra" else [])
-        d = a.root / "search" / a.dataset / variant_name(a.variant, space)
+        overrides += [f"pricing={a.pricing}"] if a.pricing != "device" else []
+        d = a.root / "search" / a.dataset / variant_name(a.variant + suffix, space)
         claim_variant(d, overrides)
         dirs[space] = (d, overrides)
 
+    reuse = pd.read_csv(a.reuse) if a.pricing != "device" and a.reuse.is_file() else None
+
     def task(point: Point, space: str) -> dict | None:
         d, overrides = dirs[space]
+        if reuse is not None and same_tables(space, point.device):
+            row = reuse[(reuse.device == point.device) & (reuse.space == space)]
+            if len(row):
+                return {"reused": row.iloc[0].to_dict()}
         run = not a.report_only and space in spaces  # the other spaces: read what has finished
         arch_path = search_run(point, 0, d, overrides, a.dataset, run)
         if arch_path is None:
@@ -218,20 +313,35 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if r:
                 runs.append(r)
-                print(f"[{i}/{len(tasks)} {time.perf_counter() - t0:.0f}s] {space} {point.tag}: top-1 "
-                      f"{[round(x['top1'], 4) for x in r['results']]}", flush=True)
+                top1 = ([round(x["top1"], 4) for x in r["results"]] if "results" in r
+                        else f"{r['reused']['top1_mean']:.4f} (reused: same table under both pricings)")
+                print(f"[{i}/{len(tasks)} {time.perf_counter() - t0:.0f}s] {space} {point.tag}: top-1 {top1}",
+                      flush=True)
     if not runs:
         print("no finished runs yet", file=sys.stderr)
         return 1
     order = {(pt.device, s): i for i, (pt, s) in enumerate((pt, s) for pt in points for s in SPACES)}
-    runs.sort(key=lambda r: order[(r["device"], r["space"])])
-    table = table_rows(runs, a.root / "table3_host_ms.json")
+    reused_rows = [r["reused"] for r in runs if "reused" in r]
+    runs = [r for r in runs if "reused" not in r]
+    table = table_rows(runs, a.root / "table3_host_ms.json", a.pricing) if runs else pd.DataFrame()
+    for row in reused_rows:  # the device-pricing row; its latency columns under this pricing
+        lat = priced_latencies(row["space"], str(row["choices"]).split(), a.pricing)
+        row = {**row, "variant": f"reused: {row['variant']}", **{f"{d}_ms": lat[d]["ms"] for d in DEVICES},
+               **{f"{d}_predictor": lat[d]["predictor"] for d in DEVICES}}
+        table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+    table = table.iloc[sorted(range(len(table)), key=lambda i: order[(table.device.iloc[i], table.space.iloc[i])])]
+    table = table.reset_index(drop=True)
     a.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(a.out / "table3_search_per_device.csv", table.to_csv(index=False))
-    md = markdown(table, space_ranges(points), recipe, search, a.variant)
-    atomic_write_text(a.out / "table3_search_per_device.md", md)
-    plot(table, a.out / "table3_search_per_device.png")
+    stem = "table3_search_per_device" + ("" if a.pricing == "device" else f"_{a.pricing}")
+    atomic_write_text(a.out / f"{stem}.csv", table.to_csv(index=False))
+    md = markdown(table, space_ranges(points, a.pricing), recipe, search, a.variant + suffix, a.pricing)
+    atomic_write_text(a.out / f"{stem}.md", md)
+    plot(table, a.out / f"{stem}.png")
     print(md)
+    if a.pricing != "device" and a.reuse.is_file():
+        side = side_by_side(pd.read_csv(a.reuse), table, a.pricing)
+        atomic_write_text(a.out / "table3_pricing.md", side)
+        print(side)
     for f in failures:
         print(f"failed: {f}", file=sys.stderr)
     return 1 if failures else 0

@@ -18,6 +18,10 @@ NNMETER_CUSTOM = "nn-Meter custom predictor"
 STANDIN = "calibrated stand-in (not nn-Meter)"
 MEASURED = "measured"
 
+# How a stand-in prices a network (latency.standin): every op a runtime executes, or only what nn-Meter's
+# predictor for the device prices. The first is the default.
+PRICINGS = ("device", "nnmeter")
+
 
 @dataclass(frozen=True)
 class Latency:

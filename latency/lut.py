@@ -3,9 +3,10 @@
 A table is built for (search space, device profile, predictor) at the profile's deployment
 input shape, whatever resolution the supernet trains at. Candidates whose layer input
 shapes coincide are priced once. Tables are cached on disk under a key hashing the space,
-the profile and the predictor version, and rebuilt when any of them changes.
+the profile (its pricing included) and the predictor version, and rebuilt when any of them changes; the
+file name names the pricing (``<space>-<device>-<pricing>-<key>.json``).
 
-    python -m latency.lut device=vpu [search_space=quadra] [rebuild=true]
+    python -m latency.lut device=vpu [search_space=quadra] [pricing=device|nnmeter] [rebuild=true]
 
 ``rebuild=true`` builds the table again even when it is cached, e.g. a measured ``host`` table after
 the machine's load changed. A thin Hydra app (``conf/tools/lut.yaml``; ``--help`` lists the options).
@@ -159,7 +160,7 @@ def get_table(space: SearchSpace, profile: DeviceProfile | str, predictor: Predi
     profile = load_profile(profile) if isinstance(profile, str) else profile
     predictor = predictor or resolve_predictor(profile)
     key = table_key(space, profile, predictor)
-    path = cache_dir() / f"{space.name}-{profile.name}-{key}.json"
+    path = cache_dir() / f"{space.name}-{profile.name}-{profile.pricing}-{key}.json"
     if path.is_file() and not rebuild:
         try:
             return LatencyTable.from_json(path.read_text())
@@ -175,7 +176,7 @@ def run(cfg: DictConfig) -> int:
     from search_spaces.spaces import get_space
 
     try:
-        profile = load_profile(str(cfg.device))
+        profile = load_profile(str(cfg.device), pricing=str(cfg.get("pricing", "device")))
         space = get_space(str(cfg.search_space))
         if not isinstance(cfg.rebuild, bool):  # Hydra reads true/false in any case as booleans
             raise ValueError(f"rebuild={cfg.rebuild} is invalid; valid: true, false")

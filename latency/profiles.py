@@ -8,6 +8,11 @@ backends ``kind:key``; the first available one is used:
 * ``standin:<device>``    -- our calibrated stand-in (always available);
 * ``measured:cpu``        -- timed on this machine (1 thread); ``measured:cuda[-<gpu>]`` -- timed with
   CUDA events when such a GPU is present.
+
+A profile also carries a ``pricing`` (``device`` by default, or ``nnmeter``; :mod:`latency.standin`):
+``nnmeter`` makes the stand-ins price only the kernels nn-Meter's predictor for the device would price, and
+an ``nnmeter:`` backend skip the correction for the ops nn-Meter drops. Measured backends and the A100
+roofline price every op under either pricing. A search chooses it with ``pricing=`` (conf/search.yaml).
 """
 
 from __future__ import annotations
@@ -42,10 +47,20 @@ class DeviceProfile:
     input_shape: tuple[int, int, int, int]
     batch_size: int
     backends: tuple[str, ...]
+    pricing: str = "device"
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "input_shape": list(self.input_shape),
-                "batch_size": self.batch_size, "backends": list(self.backends)}
+        d = {"name": self.name, "description": self.description, "input_shape": list(self.input_shape),
+             "batch_size": self.batch_size, "backends": list(self.backends)}
+        if self.pricing != "device":  # device-priced tables keep the keys they had before pricings existed
+            d["pricing"] = self.pricing
+        return d
+
+    def with_pricing(self, pricing: str) -> DeviceProfile:
+        from dataclasses import replace
+
+        from latency.standin import parse_pricing
+        return replace(self, pricing=parse_pricing(pricing))
 
 
 def profile_names(conf_dir: Path | Traversable | None = None) -> list[str]:
@@ -68,10 +83,19 @@ def profile_from_dict(d: dict) -> DeviceProfile:
         if kind not in BACKEND_KINDS or ":" not in b:
             raise ValueError(f"device {d['name']}: unknown backend {b!r}; valid kinds: "
                              f"{', '.join(k + ':<key>' for k in BACKEND_KINDS)}")
-    return DeviceProfile(d["name"], d.get("description", d["name"]), shape, batch, backends)
+    from latency.standin import parse_pricing
+    pricing = parse_pricing(str(d.get("pricing", "device")))
+    return DeviceProfile(d["name"], d.get("description", d["name"]), shape, batch, backends, pricing)
 
 
-def load_profile(name: str, conf_dir: Path | Traversable | None = None) -> DeviceProfile:
+def load_profile(name: str, conf_dir: Path | Traversable | None = None, pricing: str | None = None
+                 ) -> DeviceProfile:
+    """The profile ``conf/device/<name>.yaml``, under ``pricing`` when given."""
+    profile = _load_profile(name, conf_dir)
+    return profile if pricing is None else profile.with_pricing(pricing)
+
+
+def _load_profile(name: str, conf_dir: Path | Traversable | None = None) -> DeviceProfile:
     conf_dir = device_conf_dir() if conf_dir is None else conf_dir
     path = conf_dir / f"{name}.yaml"
     if "/" in name or "\\" in name or not path.is_file():
@@ -101,14 +125,14 @@ def backend_available(spec: str) -> bool:
     return True
 
 
-def make_backend(spec: str) -> Predictor:
+def make_backend(spec: str, pricing: str = "device") -> Predictor:
     kind, key = spec.split(":", 1)
     if kind == "nnmeter":
         from latency.nnmeter import NNMeterPredictor
-        return NNMeterPredictor(key)
+        return NNMeterPredictor(key, pricing=pricing)
     if kind == "standin":
-        from latency.standin import load_standin
-        return load_standin(key)
+        from latency.standin import ROOFLINE_DEVICES, load_standin
+        return load_standin(key, pricing="device" if key in ROOFLINE_DEVICES else pricing)
     from latency.measured import MeasuredPredictor
     if key.startswith("cuda"):
         return MeasuredPredictor(device="cuda")
@@ -122,5 +146,5 @@ def resolve_predictor(profile: DeviceProfile) -> Predictor:
     """The first available backend of the profile."""
     for spec in profile.backends:
         if backend_available(spec):
-            return make_backend(spec)
+            return make_backend(spec, profile.pricing)
     raise RuntimeError(f"device {profile.name}: none of its backends is available: {', '.join(profile.backends)}")

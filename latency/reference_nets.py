@@ -124,6 +124,18 @@ class _Bottleneck(_Basic):
                                   *_cbr(width, cout, 1, act=None))
 
 
+class _WideBottleneck(_Basic):
+    """Wide ResNet-50-2's bottleneck: the 3x3 is twice as wide, the block's output as ResNet-50's."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__(cin, width, stride)
+        cout, inner = width * self.expansion, 2 * width
+        self.body = nn.Sequential(*_cbr(cin, inner, 1), *_cbr(inner, inner, 3, stride),
+                                  *_cbr(inner, cout, 1, act=None))
+
+
 def _resnet(block: type[_Basic], layers: tuple[int, ...]) -> nn.Module:
     mods: list[nn.Module] = [*_cbr(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)]
     cin = 64
@@ -421,6 +433,17 @@ REFERENCE_NETS: dict[str, Callable[[], nn.Module]] = {
     "vgg13": lambda: _vgg(13),
     "vgg16": lambda: _vgg(16),
     "vgg19": lambda: _vgg(19),
+}
+
+
+# nn-Meter's torch-conversion reference rows (data/nnmeter_reference_latency_torch.csv: torchvision models through
+# its ONNX-based torch converter) -> our builder; a held-out check of the stand-ins, never fitted. Not built:
+# densenet161, inception_v3, resnext50_32x4d (nn-Meter gives it wide_resnet50_2's latency: its conv features
+# ignore groups). googlenet is ours (5x5 branch), torchvision's has a 3x3 there.
+TORCH_ROW_NETS: dict[str, Callable[[], nn.Module]] = {
+    "resnet18": REFERENCE_NETS["resnet18"], "alexnet": alexnet, "vgg16": REFERENCE_NETS["vgg16"],
+    "squeezenet": squeezenet1_0, "googlenet": googlenet, "shufflenet_v2": shufflenetv2, "mobilenet_v2": mobilenetv2,
+    "mnasnet": mnasnet_b1, "wide_resnet50_2": lambda: _resnet(_WideBottleneck, (3, 4, 6, 3)),
 }
 
 

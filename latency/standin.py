@@ -26,7 +26,9 @@ Every remaining kernel falls in one cost class and costs (ms)::
           gelu, transpose, channel_shuffle, softmax, reduce, resize)
           b_mem * bytes + o_mem
 
-i.e. 8 non-negative constants per device, fitted by bounded least squares (BVLS)
+plus, on the A76 only, ``c_im2col * im2col_bytes`` for a k x k (k > 1) regular conv (its im2col
+patch buffer, Hout*Wout*k*k*Cin/groups floats) and ``a_strided * macs`` for a strided one (see
+:data:`DEVICE_FEATURES`); i.e. 8 (A76: 10) non-negative constants per device, fitted by bounded least squares (BVLS)
 on the relative error (each model's row weighted by 1/reference, so VGGs do not
 dominate). An fc over r > 1 rows costs max(conv-class cost, fc-class cost), so its
 cost never drops below the single-row cost.
@@ -39,6 +41,26 @@ by 1 / (the device's peak DRAM bandwidth), so a memory-bound kernel is never fre
 even where the CNN fit alone would set its bandwidth term to zero (the VPU). We also
 tried mirroring nn-Meter's free ``add`` on the VPU: leave-one-out error got worse
 (20.3% vs 18.5% MAPE), so ``add`` is priced on every device.
+
+Pricing (``pricing=device|nnmeter``)
+------------------------------------
+``device`` (the default) is the cost model above: every kernel a runtime executes is priced.
+``nnmeter`` prices exactly the kernels nn-Meter's predictor for the same device would price
+(:mod:`latency.nnmeter.semantics`; what nn-Meter's own kernel detection makes of our blocks is in
+``experiments/results/nnmeter_kernels.md``), each with the SAME fitted per-kernel cost, and gives 0 ms to
+what nn-Meter drops:
+
+* kernels map to nn-Meter's regressor names (conv -> conv-bn-relu, dwconv -> dwconv-bn-relu, fc, bn /
+  bnrelu, relu, hardswish -> hswish, add / addrelu, max/avg pool, global pool -> global-avgpool, concat,
+  channel shuffle; the sigmoid gate and its multiply of a squeeze-excite -> se); a kernel whose regressor
+  the device's predictor lacks costs 0 (on the Myriad VPU: add without a fused ReLU, global pool, concat;
+  on the Adrenos also fc);
+* LayerNorm, GELU, elementwise multiply (outside SE), transposes, softmax, other activations and
+  reductions cost 0 on every device;
+* an fc over r > 1 rows (a Linear over the pixels of a map) is priced as ONE row: nn-Meter's fc features
+  are (cin, cout, flops of one vector), with no row count.
+
+The roofline (``a100``) has no nn-Meter counterpart and prices every kernel under either pricing.
 
 A100 (not fitted)
 -----------------
@@ -60,7 +82,7 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import hydra
@@ -69,11 +91,12 @@ import pandas as pd
 from omegaconf import DictConfig
 from torch import nn
 
-from latency.base import STANDIN, Latency
-from latency.kernels import Kernel, trace_kernels
+from latency.base import PRICINGS, STANDIN, Latency
+from latency.kernels import BYTES_PER_ELEMENT, Kernel, trace_kernels
+from latency.nnmeter.semantics import PREDICTOR_KERNELS
 from search_spaces.io import atomic_write_text
 
-CODE_VERSION = "standin-cost-model-1"
+CODE_VERSION = "standin-cost-model-2"  # 2: the A76 im2col and strided-conv terms
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CONSTANTS_PATH = DATA_DIR / "standin_constants.json"
 PACKAGED_REFERENCE_CSV = DATA_DIR / "nnmeter_reference_latency.csv"  # package data, in the wheel
@@ -113,7 +136,15 @@ A100_ROOFLINE = {
     "source": "NVIDIA A100 datasheet (FP32 19.5 TFLOPS, HBM2 1555 GB/s); ~8 us eager launch overhead",
 }
 
-FEATURES = ("conv_macs", "dw_macs", "fc_bytes", "conv_bytes", "mem_bytes", "n_conv", "n_dw", "n_mem")
+FEATURES = ("conv_macs", "dw_macs", "fc_bytes", "conv_bytes", "mem_bytes", "n_conv", "n_dw", "n_mem",
+            "conv_im2col_bytes", "conv_strided_macs")
+BASE_FEATURES = FEATURES[:8]
+# The two convolution terms are fitted for the A76 only (TFLite's CPU convs are im2col + GEMM: a k x k conv
+# writes and reads a k*k*Cin/groups x Hout*Wout patch buffer, a 1x1 conv none; and strided convs ran slower per
+# MAC in nn-Meter's A76 data). Chosen by leave-one-out error among 8 candidate terms and their pairs (selection
+# on the same 18 models: see the held-out check on nn-Meter's torch conversions in latency/data/README.md);
+# every other device keeps the 8 base terms (the extra coefficients are 0).
+DEVICE_FEATURES = {"cortexA76cpu_tflite21": FEATURES}
 FEATURE_DOC = {
     "conv_macs": "ms per MAC of regular/grouped convs and multi-row fc (GEMM)",
     "dw_macs": "ms per MAC of depthwise convs",
@@ -123,6 +154,8 @@ FEATURE_DOC = {
     "n_conv": "ms overhead per conv / fc kernel",
     "n_dw": "ms overhead per depthwise conv kernel",
     "n_mem": "ms overhead per memory-bound kernel",
+    "conv_im2col_bytes": "ms per byte of the im2col buffer of a k x k (k > 1) regular/grouped conv (A76 only)",
+    "conv_strided_macs": "ms per MAC of regular/grouped convs with stride > 1, on top of conv_macs (A76 only)",
 }
 MEMORY_BOUND_TYPES = frozenset({
     "bn", "relu", "add", "mul", "pool", "global_pool", "concat", "layernorm", "gelu", "transpose",
@@ -131,6 +164,65 @@ MEMORY_BOUND_TYPES = frozenset({
 _FUSABLE_ACTS = frozenset({"relu", "relu6", "hardtanh"})
 _PRODUCERS_BN = frozenset({"conv", "dwconv", "fc"})
 _PRODUCERS_ACT = frozenset({"conv", "dwconv", "fc", "bn", "add"})
+
+DEFAULT_PRICING = PRICINGS[0]
+# nn-Meter regressor of an (unfused) kernel type; None: nn-Meter prices it at 0 ms on every predictor.
+_NNMETER_REGRESSOR = {
+    "conv": "conv-bn-relu", "dwconv": "dwconv-bn-relu", "fc": "fc", "bn": "bn", "add": "add",
+    "global_pool": "global-avgpool", "concat": "concat", "channel_shuffle": "channelshuffle",
+    "layernorm": None, "gelu": None, "transpose": None, "softmax": None, "reduce": None, "resize": None,
+    "mul": None,
+}
+_NNMETER_ACT = {"relu": "relu", "relu6": "relu", "hardtanh": "relu", "hardswish": "hswish"}
+_SE_GATES = frozenset({"sigmoid", "hardsigmoid"})
+
+
+def parse_pricing(value: str) -> str:
+    """One of :data:`PRICINGS`; anything else is a one-line error naming them."""
+    if value not in PRICINGS:
+        raise ValueError(f"pricing={value} is invalid; valid: {', '.join(PRICINGS)}")
+    return value
+
+
+def nnmeter_dropped(device_key: str) -> str:
+    """Short list of the op kinds nn-Meter prices at 0 ms on ``device_key`` (for provenance strings)."""
+    kinds = ["LN", "GELU", "Mul", "Transpose"]
+    have = PREDICTOR_KERNELS[device_key]
+    if "add" not in have:
+        kinds.append("Add")
+    if "fc" not in have:
+        kinds.append("FC")
+    return "/".join(kinds)
+
+
+def pricing_note(pricing: str, device_key: str) -> str:
+    """What a pricing means, for provenance strings; "" for ``device`` (every op priced)."""
+    if pricing == "device" or device_key not in PREDICTOR_KERNELS:
+        return ""
+    return (f"nn-Meter semantics ({nnmeter_dropped(device_key)} at 0 ms, fc priced as one row)")
+
+
+def nnmeter_regressor(k: Kernel, producer: Kernel | None, fused_relu: bool) -> str | None:
+    """The nn-Meter regressor an unfused kernel would be priced by (None: no kernel nn-Meter prices)."""
+    if k.type == "relu":
+        if k.op in _SE_GATES:
+            return "se"
+        return _NNMETER_ACT.get(k.op)
+    if k.type == "mul":
+        return "se" if producer is not None and producer.type == "relu" and producer.op in _SE_GATES else None
+    if k.type == "pool":
+        return "maxpool" if "max" in k.op else "avgpool"
+    if k.type in ("bn", "add") and fused_relu:
+        return k.type + "relu"
+    return _NNMETER_REGRESSOR.get(k.type)
+
+
+def _one_row_fc(k: Kernel) -> Kernel:
+    """``k`` (an fc over any number of rows) as nn-Meter sees it: one input vector, one output vector."""
+    cin = int(k.input_shape[-1]) if k.input_shape else 0
+    cout = int(k.output_shape[-1]) if k.output_shape else 0
+    return replace(k, input_shape=(1, cin), output_shape=(1, cout), macs=cin * cout,
+                   bytes=BYTES_PER_ELEMENT * (cin + k.params + cout))
 
 
 # --------------------------------------------------------------------------- per-kernel features
@@ -166,16 +258,53 @@ def _zero() -> dict[str, float]:
     return dict.fromkeys(FEATURES, 0.0)
 
 
-def kernel_feature_rows(kernels: Sequence[Kernel]) -> list[tuple[Kernel, list[dict[str, float]]]]:
-    """Per unfused kernel, its alternative feature vectors (cost = max over them; usually one)."""
+def nnmeter_kernels(kernels: Sequence[Kernel], device_key: str) -> list[Kernel | None]:
+    """Per kernel, what ``pricing=nnmeter`` prices on ``device_key``: the kernel itself, a one-row copy of a
+    multi-row fc, or None (fused into its producer, or priced at 0 ms by nn-Meter's predictor)."""
+    have = PREDICTOR_KERNELS[device_key]
+    mask = fused_mask(kernels)
+    producer: dict[int, Kernel] = {k.out_id: k for k in kernels}
+    relu_fused_into = {id(producer[k.in_ids[0]]) for k, f in zip(kernels, mask, strict=True)
+                       if f and k.type == "relu" and k.in_ids and k.in_ids[0] in producer}
+    out: list[Kernel | None] = []
+    for k, fused in zip(kernels, mask, strict=True):
+        p = producer.get(k.in_ids[0]) if k.in_ids else None
+        if k.type == "mul" and len(k.in_ids) > 1:  # the gate may be either operand
+            p = next((producer[i] for i in k.in_ids if i in producer and producer[i].type == "relu"
+                      and producer[i].op in _SE_GATES), p)
+        name = None if fused else nnmeter_regressor(k, p, id(k) in relu_fused_into)
+        if name is None or name not in have:
+            out.append(None)
+        else:
+            out.append(_one_row_fc(k) if k.type == "fc" and _fc_rows(k) > 1 else k)
+    return out
+
+
+def kernel_feature_rows(kernels: Sequence[Kernel], pricing: str = DEFAULT_PRICING, device_key: str = ""
+                        ) -> list[tuple[Kernel, list[dict[str, float]]]]:
+    """Per priced kernel, its alternative feature vectors (cost = max over them; usually one).
+    ``pricing="device"``: every unfused kernel; ``"nnmeter"``: those nn-Meter's ``device_key`` predictor
+    prices (:func:`nnmeter_kernels`), a multi-row fc as one row."""
+    if pricing == "nnmeter":
+        seen = nnmeter_kernels(kernels, device_key)
+        pairs = [(k, False) for k in seen if k is not None]
+    else:
+        pairs = list(zip(kernels, fused_mask(kernels), strict=True))
     rows = []
-    for k, fused in zip(kernels, fused_mask(kernels), strict=True):
+    for k, fused in pairs:
         if fused:
             continue
         conv_like = _zero()
         conv_like.update(conv_macs=k.macs, conv_bytes=k.bytes, n_conv=1)
         if k.type == "conv":
-            alts = [conv_like]
+            f = dict(conv_like)
+            if k.kernel_size > 1 and len(k.output_shape) == 4 and len(k.input_shape) == 4:
+                n, _, h, w = k.output_shape
+                f["conv_im2col_bytes"] = BYTES_PER_ELEMENT * n * h * w * k.kernel_size ** 2 * (
+                    k.input_shape[1] // max(k.groups, 1))
+            if k.stride > 1:
+                f["conv_strided_macs"] = k.macs
+            alts = [f]
         elif k.type == "dwconv":
             f = _zero()
             f.update(dw_macs=k.macs, conv_bytes=k.bytes, n_dw=1)
@@ -219,10 +348,12 @@ class StandinPredictor:
     error_note: str = ""
     version: str = ""
     provenance: str = STANDIN
+    pricing: str = DEFAULT_PRICING  # device | nnmeter (see the module docstring)
 
     @property
     def name(self) -> str:
-        return f"standin/{self.device_key}"
+        suffix = "" if self.pricing == "device" else f"+{self.pricing}-pricing"
+        return f"standin/{self.device_key}{suffix}"
 
     def kernel_ms(self, k: Kernel, alts: list[dict[str, float]] | None = None) -> float:
         """Latency of one (unfused) kernel."""
@@ -231,7 +362,7 @@ class StandinPredictor:
             t = max(2.0 * k.macs / r["peak_flops"], k.bytes / r["hbm_bandwidth_Bps"]) + r["kernel_launch_s"]
             return 1e3 * t
         if alts is None:
-            rows = kernel_feature_rows([k])
+            rows = kernel_feature_rows([k], self.pricing, self.device_key)
             alts = rows[0][1] if rows else [_zero()]
         return max(_dot(self.coefficients, f) for f in alts)
 
@@ -242,9 +373,19 @@ class StandinPredictor:
             for k in kernels:
                 out[k.type] = out.get(k.type, 0.0) + self.kernel_ms(k)
             return out
-        for k, alts in kernel_feature_rows(kernels):
+        for k, alts in kernel_feature_rows(kernels, self.pricing, self.device_key):
             out[k.type] = out.get(k.type, 0.0) + self.kernel_ms(k, alts)
         return out
+
+    def per_kernel_ms(self, kernels: Sequence[Kernel]) -> list[float]:
+        """Latency of each kernel of ``kernels`` (aligned with it; 0 where it is fused or, under
+        ``pricing="nnmeter"``, where nn-Meter prices nothing). Sums to :meth:`kernels_ms`."""
+        if self.roofline is not None:
+            return [self.kernel_ms(k) for k in kernels]
+        if self.pricing == "nnmeter":
+            device = replace(self, pricing="device")
+            return [0.0 if v is None else device.kernel_ms(v) for v in nnmeter_kernels(kernels, self.device_key)]
+        return [0.0 if fused else self.kernel_ms(k) for k, fused in zip(kernels, fused_mask(kernels), strict=True)]
 
     def kernels_ms(self, kernels: Sequence[Kernel]) -> float:
         return float(sum(self.breakdown_ms(kernels).values()))
@@ -262,8 +403,11 @@ def _hash(*parts: str) -> str:
     return h.hexdigest()[:16]
 
 
-def load_standin(device_key: str, constants_path: str | Path | None = None) -> StandinPredictor:
-    """The stand-in for ``device_key`` (one of :data:`DEVICE_KEYS`)."""
+def load_standin(device_key: str, constants_path: str | Path | None = None, pricing: str = DEFAULT_PRICING
+                 ) -> StandinPredictor:
+    """The stand-in for ``device_key`` (one of :data:`DEVICE_KEYS`) under ``pricing`` (:data:`PRICINGS`;
+    the roofline ``a100`` has no nn-Meter counterpart and always prices every kernel)."""
+    parse_pricing(pricing)
     if device_key not in DEVICE_KEYS:
         raise ValueError(f"unknown stand-in device {device_key!r}; valid keys: {', '.join(DEVICE_KEYS)}")
     if device_key in ROOFLINE_DEVICES:
@@ -281,9 +425,13 @@ def load_standin(device_key: str, constants_path: str | Path | None = None) -> S
     except KeyError:
         raise ValueError(f"{path} has no constants for {device_key!r}; run `python -m latency.standin cmd=fit`") \
             from None
-    coef = {name: float(dev["coefficients"][name]) for name in FEATURES}
+    coef = {name: float(dev["coefficients"].get(name, 0.0)) for name in FEATURES}  # older files: 8 terms
+    note = pricing_note(pricing, device_key)
+    # device pricing keeps the version (and table keys) it had before pricings existed
+    version = _hash(CODE_VERSION, device_key, raw.decode(), *(() if pricing == "device" else (pricing,)))
     return StandinPredictor(device_key=device_key, coefficients=coef, error_note=_error_note(dev["loo"]),
-                            version=_hash(CODE_VERSION, device_key, raw.decode()))
+                            version=version, provenance=f"{STANDIN}, {note}" if note else STANDIN,
+                            pricing=pricing)
 
 
 def _error_note(loo: dict) -> str:
@@ -343,13 +491,15 @@ def _solve(X: np.ndarray, y: np.ndarray, lower: np.ndarray) -> np.ndarray:
     return np.maximum(res.x, lb) / scale
 
 
-def fit_device(features: pd.DataFrame, reference_ms: pd.Series, lower: dict[str, float] | None = None
-               ) -> tuple[dict[str, float], pd.DataFrame]:
-    """Fit one device; returns (coefficients, per-model frame with fit and leave-one-out predictions)."""
+def fit_device(features: pd.DataFrame, reference_ms: pd.Series, lower: dict[str, float] | None = None,
+               terms: Sequence[str] = BASE_FEATURES) -> tuple[dict[str, float], pd.DataFrame]:
+    """Fit one device on the cost terms ``terms`` (the others are 0); returns (coefficients, per-model frame
+    with fit and leave-one-out predictions)."""
     names = list(reference_ms.index)
-    X = features.loc[names, list(FEATURES)].to_numpy(dtype=float)
+    terms = [f for f in FEATURES if f in terms]
+    X = features.loc[names, terms].to_numpy(dtype=float)
     y = reference_ms.to_numpy(dtype=float)
-    lb = np.array([(lower or {}).get(f, 0.0) for f in FEATURES])
+    lb = np.array([(lower or {}).get(f, 0.0) for f in terms])
     coef = _solve(X, y, lb)
     loo = np.full(len(y), np.nan)
     if len(y) >= 3:
@@ -359,7 +509,8 @@ def fit_device(features: pd.DataFrame, reference_ms: pd.Series, lower: dict[str,
     frame = pd.DataFrame({"model": names, "reference_ms": y, "fit_ms": X @ coef, "loo_ms": loo})
     frame["fit_error_pct"] = 100.0 * (frame.fit_ms - frame.reference_ms) / frame.reference_ms
     frame["loo_error_pct"] = 100.0 * (frame.loo_ms - frame.reference_ms) / frame.reference_ms
-    return dict(zip(FEATURES, map(float, coef), strict=True)), frame
+    fitted = dict(zip(terms, map(float, coef), strict=True))
+    return {f: fitted.get(f, 0.0) for f in FEATURES}, frame
 
 
 REPORT_COLUMNS = ("model", "device", "reference_ms", "fit_ms", "loo_ms", "fit_error_pct", "loo_error_pct")
@@ -412,13 +563,15 @@ def fit_standins(reference_csv: str | Path | None = None, *, models: Sequence[st
         r = r[r.index.isin(wanted)]
         r = r.loc[[m for m in wanted if m in r.index]]
         lower = {"mem_bytes": 1e3 / PEAK_DRAM_BANDWIDTH[dev]}
-        coef, frame = fit_device(feats, r, lower)
+        terms = DEVICE_FEATURES.get(dev, BASE_FEATURES)
+        coef, frame = fit_device(feats, r, lower, terms)
         frame.insert(1, "device", dev)
         frames.append(frame)
         s = loo_summary(frame).iloc[0]
         constants["devices"][dev] = {
             "coefficients": coef,
             "lower_bounds": lower,
+            "terms": list(terms),
             "peak_dram_bandwidth_Bps": PEAK_DRAM_BANDWIDTH[dev],
             "loo": {"n_models": int(s.n_models), "mape_pct": round(float(s.loo_mape_pct), 2),
                     "within_10_pct": round(float(s.loo_within_10_pct), 1),

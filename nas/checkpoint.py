@@ -34,7 +34,8 @@ _MAX_LISTED = 5
 # config keys that may differ when a run is resumed (they do not change the trained weights; a search's
 # derivation only reads the trained supernet, so a finished supernet can be derived again another way)
 RESUME_FREE = ("threads", "eval", "results_csv", "train.stop_after", "train.epochs", "derive", "keep_checkpoint",
-               "accelerator", "precision", "channels_last")  # a run may move between devices; see device_change
+               "accelerator", "precision", "channels_last",  # a run may move between devices; see device_change
+               "quad_impl")  # the same maths in another kernel (equal up to float rounding)
 
 
 class CheckpointError(RuntimeError):

@@ -46,6 +46,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from latency.base import PRICINGS
 from nas.accelerator import ACCELERATORS, PRECISIONS, AcceleratorUnavailable, check_accelerator, parse_precision
 from search_spaces.quadranet import MODELS
 from search_spaces.quadratic import IMPLS as QUAD_IMPLS
@@ -87,6 +88,7 @@ ArchOptimizer = _enum("ArchOptimizer", ARCH_OPTIMIZERS)
 DeriveMethod = _enum("DeriveMethod", DERIVE_METHODS)
 AcceleratorName = _enum("AcceleratorName", ACCELERATORS)
 QuadImpl = _enum("QuadImpl", QUAD_IMPLS)
+Pricing = _enum("Pricing", PRICINGS)
 
 
 # -- ranges and field helpers -------------------------------------------------------------------
@@ -275,6 +277,7 @@ class SearchConfig:
     """conf/search.yaml (``python -m nas.search``)."""
 
     device: DeviceConfig = opt()
+    pricing: Pricing = opt(default=PRICINGS[0])
     search_space: SearchSpaceConfig = opt()
     dataset: DatasetConfig = opt()
     loss: LossConfig = opt()

@@ -188,11 +188,12 @@ def search(cfg: DictConfig, run_dir: Path) -> dict:
 # -- the parts ------------------------------------------------------------------------------
 def prepare(cfg: DictConfig, dist_info: DistInfo, accel: Accelerator | None = None) -> Setup:
     target_ms = parse_latency_ms(cfg.latency)
-    profile = profile_from_dict(OmegaConf.to_container(cfg.device, resolve=True))
+    pricing = str(cfg.get("pricing", "device"))  # a config saved before pricings existed: device
+    profile = profile_from_dict({**OmegaConf.to_container(cfg.device, resolve=True), "pricing": pricing})
     space = space_from_config(OmegaConf.to_container(cfg.search_space, resolve=True))
     # Latency tables at the deployment shape: search device first, then the others for logging.
     devices = [profile.name] + [d for d in cfg.log_devices if d != profile.name]
-    tables = {name: get_table(space, profile if name == profile.name else load_profile(name),
+    tables = {name: get_table(space, profile if name == profile.name else load_profile(name, pricing=pricing),
                               progress=dist_info.is_main) for name in devices}
     lo, hi = tables[profile.name].range_ms()
     if target_ms < lo:
@@ -282,11 +283,16 @@ def sample_weight_path(cfg: DictConfig, st: State) -> None:
                           else cfg.train.sampling)
 
 
+def _with_pricing(saved: dict) -> dict:
+    """A config saved before ``pricing`` existed was priced ``device``."""
+    return saved if "pricing" in saved else {**saved, "pricing": "device"}
+
+
 def resume(st: State, path: Path, config: dict, dist_info: DistInfo, accel: Accelerator | None = None) -> None:
     if not path.exists():
         return
     state = load_checkpoint(path, kind="supernet")
-    check_resume_config(state["config"], config, path)
+    check_resume_config(_with_pricing(state["config"]), config, path)
     st.model.load_state_dict(state["model"])
     st.w_opt.load_state_dict(state["w_opt"])
     st.a_opt.load_state_dict(state["a_opt"])
@@ -532,10 +538,10 @@ def _finished(run_dir: Path, config: dict, dist_info: DistInfo) -> dict:
     """A rerun of a finished search: check it is the same search, print its summary, rewrite nothing."""
     arch = Arch.load(run_dir / "arch.json")
     if (run_dir / CHECKPOINT).exists():
-        check_resume_config(load_checkpoint(run_dir / CHECKPOINT, kind="supernet")["config"], config,
+        check_resume_config(_with_pricing(load_checkpoint(run_dir / CHECKPOINT, kind="supernet")["config"]), config,
                             run_dir / CHECKPOINT)
     else:  # keep_checkpoint=false deleted it: the export records the config
-        check_resume_config(arch.metadata["config"], config, run_dir / "arch.json")
+        check_resume_config(_with_pricing(arch.metadata["config"]), config, run_dir / "arch.json")
     if dist_info.is_main:
         log.info("%s already holds a finished search; nothing rewritten\n%s", run_dir,
                  _summary_text(arch, run_dir, arch.metadata["search"]["target_ms"], arch.metadata["search"]["device"]))

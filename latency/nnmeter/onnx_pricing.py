@@ -238,7 +238,7 @@ def _linear_as_conv(
     return nodes, new_inits, dropped_add
 
 
-def nnmeter_pricing_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+def nnmeter_pricing_graph(model: onnx.ModelProto, linear_as_conv: bool = True) -> onnx.ModelProto:
     """A copy of ``model`` with the pricing rewrites of the module docstring: HardSwish ->
     Add-Clip-Div-Mul, and a Linear over h*h pixels (MatMul/Gemm, + bias Add) -> 1x1 Conv between
     pricing-only Transposes/Reshapes. The result computes the same function."""
@@ -277,7 +277,7 @@ def nnmeter_pricing_graph(model: onnx.ModelProto) -> onnx.ModelProto:
                 helper.make_node("Mul", [x, f"{p}/div_out"], [y], name=f"{p}/Mul"),
             ]
             continue
-        if node.op_type in ("MatMul", "Gemm"):
+        if linear_as_conv and node.op_type in ("MatMul", "Gemm"):
             rewritten = _linear_as_conv(node, shapes, inits, consumers, graph_outputs)
             if rewritten is not None:
                 nodes, extra_inits, dropped_add = rewritten

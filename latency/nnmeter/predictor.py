@@ -182,6 +182,14 @@ def _nnmeter_version() -> str:
         return "unknown"
 
 
+def _no_correction(op_type: str, nbytes: int) -> float:
+    """``pricing=nnmeter``: what nn-Meter drops costs 0 ms."""
+    return 0.0
+
+
+_no_correction.version = "no correction (nn-Meter semantics)"  # type: ignore[attr-defined]
+
+
 class NNMeterPredictor:
     """The Predictor protocol on top of an nn-Meter predictor, plus the correction for the ops it
     prices at 0 ms. Never downloads: a missing predictor raises :class:`PredictorUnavailableError`.
@@ -196,7 +204,15 @@ class NNMeterPredictor:
         *,
         home: str | os.PathLike | None = None,
         extra_op_ms: ExtraOpMs | None = None,
+        pricing: str = "device",
     ) -> None:
+        if pricing not in ("device", "nnmeter"):
+            raise ValueError(f"pricing={pricing} is invalid; valid: device, nnmeter")
+        # pricing="nnmeter": nn-Meter's own semantics -- no correction for the ops it drops, no rewrite of a
+        # Linear over pixels into a 1x1 conv (nn-Meter prices it as one row)
+        self.pricing = pricing
+        if pricing == "nnmeter":
+            extra_op_ms = _no_correction
         entry = predictor_entry(predictor, home)
         if entry is None or missing_predictor_files(predictor, home):
             raise PredictorUnavailableError(unavailable_message(predictor, home))
@@ -215,11 +231,11 @@ class NNMeterPredictor:
             f"nn-meter {_nnmeter_version()}; {predictor} v{entry.get('version')}; "
             f"files {_files_fingerprint(predictor_dir(predictor, home))}; onnx opset {ONNX_OPSET}; "
             f"pricing rewrites v1; {extra_version}"
-        )
+        ) + ("" if pricing == "device" else f"; pricing {pricing}")
 
     def analyze_onnx(self, model: onnx.ModelProto) -> NNMeterBreakdown:
         """nn-Meter's prediction for an ONNX model plus the priced list of ops it skipped."""
-        pricing = nnmeter_pricing_graph(model)
+        pricing = nnmeter_pricing_graph(model, linear_as_conv=self.pricing == "device")
         check_nnmeter_can_read(pricing)
         with nnmeter_session(self.home):
             try:
@@ -251,7 +267,10 @@ class NNMeterPredictor:
     def module_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> Latency:
         """The corrected latency, with nn-Meter's share and the correction in the note."""
         b = self.analyze(module, input_shape)
-        if b.unpriced:
+        if self.pricing == "nnmeter":
+            types = "/".join(sorted({op.op_type for op in b.unpriced}))
+            note = f"nn-Meter {b.nnmeter_ms:.3f} ms, nn-Meter semantics ({types or 'nothing'} at 0 ms, no correction)"
+        elif b.unpriced:
             types = "/".join(sorted(b.correction_by_type()))
             note = (
                 f"nn-Meter {b.nnmeter_ms:.3f} ms + {b.correction_ms:.3f} ms for {types} "

@@ -230,3 +230,61 @@ def unregister_custom_predictor(name: str, home: str | os.PathLike | None = None
     with nnmeter_session(home):
         _ensure_user_config(home)
         _unregister(name, home)
+
+
+def detect_kernels(model: Any, kernel_predictors: frozenset[str] | set[str],
+                   fusion_rules: dict | None = None) -> list[dict]:
+    """nn-Meter's own view of an ONNX ``model``, offline and without predictor files: its ONNX-to-IR
+    converter (``ir_converter.onnx_converter.OnnxConverter``), its ``KernelDetector`` with ``fusion_rules``
+    (a ``fusion_rules.json`` mapping; default :data:`latency.nnmeter.semantics.ASSUMED_FUSION_RULES`) and its
+    feature extraction (``prediction.extract_feature.get_predict_features``). One dict per detected kernel,
+    in nn-Meter's order: ``op`` (fused type string, e.g. ``"dwconv"``, ``"add-relu"``), ``nodes`` (the ONNX
+    node names in it), ``kernel`` (the regressor name nn-Meter looks up), ``features`` (its feature vector,
+    None when nn-Meter builds none), ``input_tensors`` / ``cin`` / ``cout`` / ``inputh`` / ``ks`` /
+    ``strides`` as nn-Meter recorded them, and ``priced`` (features built AND the regressor is in
+    ``kernel_predictors``; else nn-Meter prices the kernel at 0 ms)."""
+    import json
+    import tempfile
+
+    from latency.nnmeter.semantics import ASSUMED_FUSION_RULES, nnmeter_kernel_name
+
+    require_module("nn_meter", "nn-Meter kernel detection")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nn_meter.ir_converter.onnx_converter import OnnxConverter
+        from nn_meter.kernel_detector import KernelDetector
+        from nn_meter.kernel_detector.utils.constants import DUMMY_TYPES
+        from nn_meter.predictor.prediction.extract_feature import get_predict_features
+    logger = logging.getLogger("nn-Meter")
+    old_level = logger.level
+    logger.setLevel(logging.ERROR)
+    with _SESSION_LOCK, tempfile.TemporaryDirectory() as tmp:
+        rules = Path(tmp) / FUSION_RULES_FILE
+        rules.write_text(json.dumps(ASSUMED_FUSION_RULES if fusion_rules is None else fusion_rules))
+        try:
+            graph = OnnxConverter(model).convert()
+            kd = KernelDetector(str(rules))
+            kd.load_graph(graph)
+            kernels = iter(kd.get_kernels())
+            out = []
+            for bb in kd.bbs:
+                types = [kd.model_graph.get_node_type(n) for n in bb]
+                if not [t for t in types if t and t not in DUMMY_TYPES]:
+                    continue  # KernelDetector._bb_to_kernel makes no kernel of these
+                kernel = next(kernels)
+                try:
+                    feats = get_predict_features([kernel])
+                except (KeyError, IndexError, TypeError):
+                    feats = {}
+                features = next(iter(feats[0].values())) if feats else None
+                name = nnmeter_kernel_name(kernel["op"])
+                out.append({
+                    "op": kernel["op"], "nodes": [p for n in bb for p in n.split(";")], "kernel": name,
+                    "features": None if features is None else [float(v) for v in features],
+                    **{k: kernel[k] for k in ("input_tensors", "cin", "cout", "inputh", "ks", "strides")
+                       if k in kernel},
+                    "priced": features is not None and name in kernel_predictors,
+                })
+            return out
+        finally:
+            logger.setLevel(old_level)

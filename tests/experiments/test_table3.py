@@ -29,3 +29,18 @@ def test_table3_searches_both_spaces_and_reports_the_paper_columns(tmp_path):
     assert len(pd.read_csv(tmp_path / "out" / "table3_search_per_device.csv")) == 2
     with pytest.raises(SystemExit):
         table3.main([*args, "--spaces", "mbconv"])
+
+
+def test_pricing_reuse_rule_and_side_by_side_table():
+    from pathlib import Path
+
+    assert table3.same_tables("quadra", "gpu")  # the roofline prices every op under either pricing
+    assert not table3.same_tables("quadra", "vpu")  # LN/GELU/Mul/Transpose/Add at 0 ms under nnmeter
+    committed = pd.read_csv(Path(table3.__file__).parent / "results" / "table3_search_per_device.csv")
+    vpu = committed[committed.device == "vpu"]
+    lat = table3.priced_latencies("quadra", vpu[vpu.space == "quadra"].choices.iloc[0].split(), "nnmeter")
+    assert lat["vpu"]["ms"] < vpu[vpu.space == "quadra"].vpu_ms.iloc[0]  # cheaper under nn-Meter's semantics
+    assert lat["vpu"]["predictor"].endswith("+nnmeter-pricing") and lat["gpu"]["predictor"] == "standin/a100"
+    md = table3.side_by_side(committed, vpu, "nnmeter")
+    assert "| vpu | quadra | 142.5 | 142.5 | 312 |" in md and "| cpu | quadra |" in md and "not run" in md
+    assert "Quadra minus proxyless" in md
