@@ -207,8 +207,35 @@ def run(hw: int = 224, batches=(1, 32), threads=(1, 2), repeats: int = 5, iters_
     return raw, ratios(raw, macs), meta
 
 
+def cuda_throughput(hw: int = 224, batch: int = 128, repeats: int = 20, warmup: int = 5) -> pd.DataFrame:
+    """Table I on a GPU: img/s of each model at ``batch`` under float16 autocast (AMP), channels-last,
+    inference; CUDA-event-free wall time around synchronised calls, median of ``repeats``."""
+    dev = torch.device("cuda")
+    rows = []
+    for name, model in build_models(hw, quad_impls()[:1]).items():
+        model = model.to(dev, memory_format=torch.channels_last).eval()
+        x = torch.randn(batch, 3, hw, hw, device=dev).contiguous(memory_format=torch.channels_last)
+        times = []
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+            for i in range(warmup + repeats):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                model(x)
+                torch.cuda.synchronize()
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+        rows.append({"model": name, "batch": batch, "img_s": batch / sorted(times)[len(times) // 2],
+                     "gpu": torch.cuda.get_device_name(dev)})
+    df = pd.DataFrame(rows)
+    ref = df.set_index("model").img_s
+    df["vs_quadranet36_t"] = df.img_s / ref[QUADRA]
+    return df
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cuda", action="store_true", help="Table I on the GPU instead: batch 128, AMP (fp16 "
+                    "autocast), channels-last; writes table1_throughput_cuda.csv/.md into --out")
     ap.add_argument("--hw", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds; each number is their median")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -219,6 +246,17 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="32x32 input, batches 1 and 2, one round")
     ap.add_argument("--out", default="experiments/results", help="folder for table1_throughput.* ('' = none)")
     args = ap.parse_args(argv)
+    if args.cuda:
+        if not torch.cuda.is_available():
+            ap.error("--cuda: this machine has no CUDA device")
+        df = cuda_throughput(args.hw)
+        print(df.to_string(index=False))
+        if args.out:
+            out = Path(args.out)
+            atomic_write_text(out / "table1_throughput_cuda.csv", df.to_csv(index=False))
+            atomic_write_text(out / "table1_throughput_cuda.md", "# Table I on CUDA (batch 128, AMP, channels-last)"
+                              "\n\n" + df.to_string(index=False) + "\n")
+        return
     if args.quick:
         args.hw, args.repeats, args.batches = 32, 1, [1, 2]
     raw, rat, meta = run(args.hw, tuple(args.batches), tuple(args.threads), args.repeats,
