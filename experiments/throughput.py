@@ -46,8 +46,9 @@ FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last
 
 
 def quad_impls() -> tuple[str, ...]:
-    """Implementations of the quadratic depthwise conv available in this checkout."""
-    return tuple(getattr(quadratic, "IMPLS", ("separate",)))
+    """Implementations of the quadratic depthwise conv available in this checkout, less ``dense``: its (HW)^2
+    matrices are for the small training maps, not 56x56 inference (one 64-channel stage would need ~7 GB)."""
+    return tuple(i for i in getattr(quadratic, "IMPLS", ("separate",)) if i != "dense")
 
 
 set_quad_impl = quadratic.set_impl  # every quadratic depthwise conv of a net to one impl; returns how many

@@ -66,10 +66,11 @@ def _dense_taps(h: int, w: int, k: int) -> torch.Tensor:
     """(H*W, H*W) index of the kernel tap linking output pixel s to input pixel t of a stride-1 'same'
     k x k convolution: ``di * k + dj``, or ``k * k`` (a zero appended to the taps) where t is out of reach."""
     p = k // 2
-    i, j = torch.arange(h).view(h, 1, 1, 1), torch.arange(w).view(1, w, 1, 1)
-    di, dj = torch.arange(h).view(1, 1, h, 1) - i + p, torch.arange(w).view(1, 1, 1, w) - j + p
-    reach = (di >= 0) & (di < k) & (dj >= 0) & (dj < k)
-    return torch.where(reach, di * k + dj, k * k).view(h * w, h * w)
+    with torch.inference_mode(False):  # cached: must stay usable by autograd even if first built in inference
+        i, j = torch.arange(h).view(h, 1, 1, 1), torch.arange(w).view(1, w, 1, 1)
+        di, dj = torch.arange(h).view(1, 1, h, 1) - i + p, torch.arange(w).view(1, 1, 1, w) - j + p
+        reach = (di >= 0) & (di < k) & (dj >= 0) & (dj < k)
+        return torch.where(reach, di * k + dj, k * k).view(h * w, h * w)
 
 
 def dense_quad_dw(x, wa, ba, wb, bb, wc, bc) -> torch.Tensor:

@@ -207,3 +207,11 @@ def test_auto_takes_dense_only_for_training_on_small_maps():
     assert QuadDWConv2d(8, 5, memory_saving=True).impl_for(torch.randn(2, 8, 3, 3)) == "separate"
     with pytest.raises(ValueError, match="stride 1"):
         QuadDWConv2d(8, 5, stride=2, impl="dense")(torch.randn(2, 8, 3, 3))
+
+
+def test_dense_taps_built_under_inference_mode_still_train():
+    conv = QuadDWConv2d(4, 5, impl="dense")
+    with torch.inference_mode():
+        conv(torch.randn(1, 4, 3, 2))  # first use of the (3, 2, 5) taps, cached
+    conv(torch.randn(2, 4, 3, 2)).sum().backward()
+    assert conv.dwa.weight.grad is not None
