@@ -15,22 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from latency.nnmeter import BUILTIN_PREDICTORS, FUSION_RULES_FILE
+from latency.nnmeter.semantics import ASSUMED_FUSION_RULES
 
 DEFAULT_CUSTOM_KERNELS: tuple[str, ...] = (
     "conv-bn-relu", "dwconv-bn-relu", "fc", "global-avgpool", "hswish", "relu", "se", "split",
     "add", "addrelu", "maxpool", "avgpool", "bn", "bnrelu", "channelshuffle", "concat",
 )  # the cortexA76cpu_tflite21 kernel list
 
-DEFAULT_FUSION_RULES: dict[str, dict[str, bool]] = {
-    "BF_conv_bn": {"obey": True},
-    "BF_conv_relu": {"obey": True},
-    "BF_dwconv_bn": {"obey": True},
-    "BF_dwconv_relu": {"obey": True},
-    "BF_bn_relu": {"obey": True},
-    "BF_add_relu": {"obey": True},
-    "BF_fc_relu": {"obey": True},
-    "MON": {"obey": False},
-}
+DEFAULT_FUSION_RULES = ASSUMED_FUSION_RULES  # the rules the product assumes nn-Meter's predictors use
 
 # The made-up device behind the synthetic regressors.
 SYNTHETIC_GFLOPS = 20.0

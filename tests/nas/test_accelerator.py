@@ -22,7 +22,6 @@ from nas.data import TensorBatches, get_dataset, make_loader, to_device, train_v
 from nas.search import search
 from nas.trainer import train
 from search_spaces.arch import Arch
-from search_spaces.spaces import get_space
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -40,10 +39,8 @@ def _cfg(name: str, *overrides):
 
 
 @pytest.fixture(scope="module")
-def arch_json(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("arch") / "arch.json"
-    get_space("quadra").with_input((1, 16, 16), 10, 2).random_arch(0).save(path)
-    return path
+def arch_json(digits_arch_json) -> Path:
+    return digits_arch_json
 
 
 def test_cpu_explicitly_and_auto_on_a_cpu_only_machine():

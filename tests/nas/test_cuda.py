@@ -15,7 +15,6 @@ from hydra import compose, initialize_config_dir
 from nas.checkpoint import load_checkpoint
 from nas.search import search
 from nas.trainer import train
-from search_spaces.spaces import get_space
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (runs in scripts/gpu_check.sh on a lent GPU)")
@@ -32,10 +31,8 @@ def _cfg(name: str, *overrides):
 
 
 @pytest.fixture(scope="module")
-def arch_json(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("arch") / "arch.json"
-    get_space("quadra").with_input((1, 16, 16), 10, 2).random_arch(0).save(path)
-    return path
+def arch_json(digits_arch_json) -> Path:
+    return digits_arch_json
 
 
 @pytest.mark.parametrize("precision", ["32", "bf16", "16"])
