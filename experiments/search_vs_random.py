@@ -63,6 +63,7 @@ BAND_LO = 0.9  # random draws in [0.9 T, T]
 DEFAULT_RECIPE = "train.epochs=2 dataset.limit=30000"
 BENCH_EVAL = ["eval.onnx=false", "eval.host_latency=false", "eval.every_epoch=false", "results_csv=null",
               "threads=1"]
+LEGACY_STEM_STRIDE = 2  # the training stem stride of every retrain folder made before the stride was a choice
 INPUT = {"fashion_mnist": ((1, 28, 28), 10), "digits": ((1, 8, 8), 10)}
 
 
@@ -153,28 +154,39 @@ class BandDraws:
     picks: list[tuple[str, ...]]  # choices per layer
 
 
-def band_setting(point: Point, dataset: str) -> BandDraws:
-    """The space, ``point``'s device table and the training-shape space, with no architecture drawn."""
+def space_cfg_at(train_stem_stride: int | None = None) -> dict:
+    """:func:`space_cfg` with the training stem stride set (None: the packaged one)."""
     scfg = space_cfg()
+    if train_stem_stride is not None:
+        scfg["train_stem_stride"] = train_stem_stride
+    return scfg
+
+
+def band_setting(point: Point, dataset: str, train_stem_stride: int | None = None) -> BandDraws:
+    """The space, ``point``'s device table and the training-shape space (stem stride ``train_stem_stride``,
+    None: the packaged config's), with no architecture drawn."""
+    scfg = space_cfg_at(train_stem_stride)
     space = space_from_config(scfg)
     shape, classes = INPUT[dataset]
     return BandDraws(space, get_table(space, point.device, progress=False),
                      space.with_input(shape, classes, scfg["train_stem_stride"]), [])
 
 
-def draw_band(point: Point, n: int, seed: int, dataset: str) -> BandDraws:
+def draw_band(point: Point, n: int, seed: int, dataset: str, train_stem_stride: int | None = None) -> BandDraws:
     """``n`` distinct architectures in the band ``[BAND_LO * T, T]`` of ``point`` on its device's table
-    (:func:`search_spaces.sampling.sample_in_band`); deterministic in (space, device, band, seed)."""
-    band, t = band_setting(point, dataset), point.target_ms
+    (:func:`search_spaces.sampling.sample_in_band`); deterministic in (space, device, band, seed). The
+    draw does not depend on ``train_stem_stride``: only the training shape of the returned space does."""
+    band, t = band_setting(point, dataset, train_stem_stride), point.target_ms
     table = band.table
     picks = sample_in_band(band.space.all_candidates(), table.layer_ms(), table.fixed_ms, BAND_LO * t, t, n, seed=seed)
     return replace(band, picks=picks)
 
 
-def random_archs(point: Point, k: int, dataset: str, out_dir: Path) -> list[Path]:
-    """K architecture files drawn in the band; deterministic in (space, device, band, dataset)."""
-    band = draw_band(point, k, 0, dataset)
-    scfg, t = space_cfg(), point.target_ms
+def random_archs(point: Point, k: int, dataset: str, out_dir: Path, train_stem_stride: int | None = None) -> list[Path]:
+    """K architecture files drawn in the band; deterministic in (space, device, band, dataset). The files
+    are at the dataset's shape with stem stride ``train_stem_stride`` (None: the packaged config's)."""
+    band = draw_band(point, k, 0, dataset, train_stem_stride)
+    scfg, t = space_cfg_at(train_stem_stride), point.target_ms
     space, table, train_space = band.space, band.table, band.train_space
     paths = []
     for i, choices in enumerate(band.picks):
@@ -237,8 +249,11 @@ def retrain_run(arch_path: Path, seed: int, recipe: list[str], dataset: str, roo
     """results.json of the retrain (training first unless it exists); None if absent and ``run`` is false."""
     arch = Arch.load(arch_path)
     space = arch.metadata.get("config", {}).get("search_space", {}).get("name", "quadra")
-    # quadra folders predate other spaces and are keyed by the choices alone; other spaces add their name
+    # quadra folders predate other spaces and are keyed by the choices alone; other spaces add their name,
+    # other training stem strides theirs
     arch_key = _key(*arch.choices) if space == "quadra" else _key(space, *arch.choices)
+    if arch.macro.stem_stride != LEGACY_STEM_STRIDE:  # folders at the first training stride keep their names
+        arch_key += f"-stem{arch.macro.stem_stride}"
     run_dir = recipe_dir(root, dataset, recipe) / f"{arch_key}-s{seed}"
     results = run_dir / "results.json"
     if not results.exists():

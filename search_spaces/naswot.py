@@ -12,7 +12,7 @@ Here it ranks the architectures inside a latency band (``derive.method=naswot`` 
 On Fashion-MNIST (3-epoch retrains on 60k) its Kendall tau with retrained top-1 was 0.68 / 0.64 / 0.66
 in the vpu 30 / cpu 30 / gpu 1 ms bands over the architectures first retrained, and 0.49 / 0.35 / 0.48
 once its own picks and new random draws were added: no better than counting parameters
-(``python -m experiments.proxy_tau``, ``experiments/results/recipe_e3_60k``).
+(``python -m experiments.diagnostics.proxy_tau``, ``experiments/results/recipe_e3_60k``).
 """
 
 from __future__ import annotations

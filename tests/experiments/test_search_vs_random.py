@@ -6,7 +6,8 @@ import threading
 import pandas as pd
 import pytest
 
-from experiments import ranking, retrain_noise, search_vs_random
+from experiments import ranking, search_vs_random
+from experiments.diagnostics import retrain_noise
 
 SEARCH = ("train.warmup_epochs=0 train.epochs=1 train.batch_size=32 log_devices=[vpu] dataset.limit=400 "
           "derive.method=select derive.candidates=2 derive.eval_images=64")

@@ -1,4 +1,4 @@
-"""Does a latency band reward blocks in the high-resolution stages? ``python -m experiments.early_blocks``.
+"""Does a latency band reward blocks in the high-resolution stages? ``python -m experiments.diagnostics.early_blocks``.
 
 A prediction test for the search-quality issue. With 3 epochs on 60k images, the vpu 30 ms
 architectures with blocks in the first two stages retrained better than those without, and the

@@ -1,7 +1,8 @@
-"""Do training-free scores rank a latency band? ``python -m experiments.proxy_tau``.
+"""Do training-free scores rank a latency band? ``python -m experiments.diagnostics.proxy_tau``.
 
 Reads every finished retrain of one recipe (the folders :mod:`experiments.search_vs_random`,
-:mod:`experiments.early_blocks`, :mod:`experiments.retrain_noise` and :mod:`experiments.ranking` share
+:mod:`experiments.diagnostics.early_blocks`, :mod:`experiments.diagnostics.retrain_noise` and
+:mod:`experiments.ranking` share
 under ``--root``), averages each architecture's test top-1 over its retrain seeds and, for each
 point of ``--grid``, keeps the architectures whose table latency on that device lies in the band
 ``[0.9 T, T]``. Over those it prints Kendall tau between the retrained top-1 and:
@@ -9,7 +10,7 @@ point of ``--grid``, keeps the architectures whose table latency on that device 
 * ``naswot``: the NASWOT score (:mod:`search_spaces.naswot`) of the network at initialisation
   (``--init-seed``) on the first ``--batch`` training images; what ``derive.method=naswot`` ranks by;
 * ``-params`` (fewer is better) and ``macs`` (at the training shape), two zero-cost baselines;
-* ``early``: blocks in the first two stages (the signal :mod:`experiments.early_blocks` measured);
+* ``early``: blocks in the first two stages (the signal :mod:`experiments.diagnostics.early_blocks` measured);
 * ``train acc epN``: the retrain's own training accuracy over its epoch N, for every epoch but the
   last (from its ``history.csv``; mean over seeds): what a selector would see that trains every
   candidate for the first N epochs of the recipe and stops. It comes from the same runs as the top-1
@@ -45,10 +46,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from experiments.early_blocks import early_blocks
+from experiments.diagnostics.early_blocks import early_blocks
+from experiments.diagnostics.retrain_noise import seed_tau
 from experiments.markdown import md_table, report
 from experiments.ranking import block_effect, load_supernet, supernet_scores, tau
-from experiments.retrain_noise import seed_tau
 from experiments.search_vs_random import BAND_LO, add_folder_args, band_setting, parse_grid, recipe_dir
 from nas.data import get_dataset
 from nas.loops import set_threads
@@ -84,7 +85,7 @@ def retrained(per_run: pd.DataFrame) -> pd.DataFrame:
 
 
 def cross_seed(per_run: pd.DataFrame, first: int = 0, second: int = 1) -> dict[str, float]:
-    """Over the architectures retrained with both seeds (:func:`experiments.retrain_noise.seed_tau`):
+    """Over the architectures retrained with both seeds (:func:`experiments.diagnostics.retrain_noise.seed_tau`):
     Kendall tau between seed ``second``'s top-1 and (a) seed ``first``'s top-1, (b) seed ``first``'s
     training accuracy over each epoch but the last (NaN under three architectures). Unlike ``train acc
     epN`` of the main table, no seed noise is shared: (b) is what a selector that trains each candidate

@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from experiments import proxy_tau
+from experiments.diagnostics import proxy_tau
 from experiments.search_vs_random import parse_grid, random_archs, recipe_dir, retrain_run, search_run
 
 RECIPE = "train.epochs=2 train.batch_size=32 dataset.limit=256"

@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from experiments import agreement, ranking
+from experiments import ranking
+from experiments.diagnostics import agreement
 
 SEARCH = ("train.warmup_epochs=0 train.epochs=1 train.batch_size=32 log_devices=[vpu] dataset.limit=400 "
           "derive.method=budgeted")

@@ -1,4 +1,4 @@
-"""How much of a benchmark's spread is retrain noise? ``python -m experiments.retrain_noise``.
+"""How much of a benchmark's spread is retrain noise? ``python -m experiments.diagnostics.retrain_noise``.
 
 The same architectures of one (device, target) band are retrained with several seeds and one
 recipe (the :mod:`experiments.search_vs_random` recipe and run folders, so finished retrains are

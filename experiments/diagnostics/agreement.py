@@ -1,4 +1,4 @@
-"""Do two search seeds' supernets agree inside one latency band? ``python -m experiments.agreement``.
+"""Do two search seeds' supernets agree inside one latency band? ``python -m experiments.diagnostics.agreement``.
 
 The select derivation picks, among architectures of one latency band, the one the supernet scores
 best. That only helps if the supernet's in-band scores say something about the architectures
@@ -6,7 +6,7 @@ rather than about one training run. This diagnostic needs no retraining:
 
 1. ``--pool`` architectures are drawn in the band ``[0.9 T, T]`` of ``--point`` with the random
    baseline's sampler (:func:`search_spaces.sampling.sample_in_band`, seed ``--draw-seed``; the
-   benchmark's draws use seed 0, :mod:`experiments.early_blocks` seed 1, so ``--draw-seed 1``
+   benchmark's draws use seed 0, :mod:`experiments.diagnostics.early_blocks` seed 1, so ``--draw-seed 1``
    scores its pool);
 2. every architecture is pinned in the finished supernet of each search seed of ``--variant``
    (searched first if missing, as in :mod:`experiments.search_vs_random`) and scored on that
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.early_blocks import early_blocks
+from experiments.diagnostics.early_blocks import early_blocks
 from experiments.markdown import report
 from experiments.ranking import TrainedSupernet, block_effect, load_supernet, supernet_scores, tau
 from experiments.search_vs_random import (

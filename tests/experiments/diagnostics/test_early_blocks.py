@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from experiments import early_blocks
+from experiments.diagnostics import early_blocks
 from search_spaces.spaces import quadra_space
 
 RECIPE = "train.epochs=1 train.batch_size=32 dataset.limit=256"

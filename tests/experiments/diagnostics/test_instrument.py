@@ -1,0 +1,56 @@
+"""The instrument diagnostic on real retrains of digits draws (tiny), at two training stem strides."""
+
+import pandas as pd
+import pytest
+
+from experiments.diagnostics import instrument
+from experiments.search_vs_random import LEGACY_STEM_STRIDE, Point, recipe_dir
+
+RECIPE = "train.epochs=1 train.batch_size=32 dataset.limit=128"
+
+
+@pytest.mark.slow
+def test_instrument_splits_the_spread_and_gaps_the_2t_band_and_keeps_strides_apart(tmp_path):
+    root, out = tmp_path / "runs", tmp_path / "out"
+    common = ["--dataset", "digits", "--root", str(root), "--out", str(out), "--recipe", RECIPE, "--jobs", "2",
+              "--grid", "vpu:30ms,vpu:60ms", "--k", "3", "--seeds", "0,1"]
+    assert instrument.main([*common, "--name", "s2"]) == 0
+    rows = pd.read_csv(out / "instrument_digits_s2.csv")
+    assert len(rows) == 12 and rows.groupby(["target_ms", "draw"]).seed.nunique().eq(2).all()
+    assert (rows.stem_stride == LEGACY_STEM_STRIDE).all()
+    assert rows[rows.target_ms == 60].latency_ms.between(54, 60).all()
+    assert rows[rows.target_ms == 30].latency_ms.between(27, 30).all()
+    md = (out / "instrument_digits_s2.md").read_text()
+    assert "12 of 12 planned retrains finished" in md
+    assert "| vpu | 30 | 3 | 6 |" in md and "| vpu | 60 | 3 | 6 |" in md
+    assert "gap_in_seed_std" in md
+    # the gap is the difference of the two bands' means over draws of seed means
+    means = rows.groupby(["target_ms", "draw"]).top1.mean().groupby("target_ms").mean()
+    gap_line = next(line for line in md.splitlines() if line.startswith("| vpu | 30 | "))
+    assert f"{means[30.0]:.4f}" in gap_line
+
+    # stride 1: the same draws (choices) at another training shape, retrained in their own folders
+    assert instrument.main([*common, "--train-stem-stride", "1", "--seeds", "0"]) == 0
+    s1 = pd.read_csv(out / "instrument_digits_stride1_train-epochs-1-train-batch_size-32-dataset-limit-128.csv")
+    assert (s1.stem_stride == 1).all() and len(s1) == 6
+    assert set(s1.arch) == set(rows.arch)
+    folders = sorted(p.name for p in recipe_dir(root, "digits", RECIPE.split()).iterdir())
+    assert len(folders) == 18 and sum(f.split("-")[1] == "stem1" for f in folders) == 6
+    # nothing runs twice: --report-only reads the same retrains
+    assert instrument.main([*common, "--name", "s2", "--report-only"]) == 0
+    assert len(pd.read_csv(out / "instrument_digits_s2.csv")) == 12
+
+
+def test_instrument_reports_partial_tables_and_exits_nonzero(tmp_path):
+    out = tmp_path / "out"
+    args = ["--dataset", "digits", "--root", str(tmp_path / "runs"), "--out", str(out), "--recipe", RECIPE,
+            "--grid", "vpu:30ms", "--k", "2", "--seeds", "0", "--report-only"]
+    assert instrument.main(args) == 1  # nothing finished: no table
+    assert not out.exists()
+
+
+def test_draws_dir_keeps_the_benchmark_folder_at_the_first_stride(tmp_path):
+    p = Point("vpu", "30ms")
+    assert instrument.draws_dir(tmp_path, "digits", p, LEGACY_STEM_STRIDE) == tmp_path / "random" / "digits" / "vpu-30ms"
+    assert instrument.draws_dir(tmp_path, "digits", p, 1) == tmp_path / "random" / "digits" / "stride1" / "vpu-30ms"
+    assert instrument.default_name(2, instrument.DEFAULT_RECIPE) == "stride2"
