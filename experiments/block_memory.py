@@ -1,4 +1,4 @@
-"""Training activation memory of stacked blocks (QuadraNet paper, Table II setting).
+"""How much activation memory does training a stack of blocks keep? (QuadraNet paper, Table II setting.)
 
 24 layers, batch 64, 64 and 128 channels (the paper's configuration; it does not state the
 map size, 14x14 is stage 3 of a 224 input). Bytes saved for backward are counted exactly

@@ -1,4 +1,4 @@
-"""Latency validation: stand-in calibration, table additivity, and latency ranges per profile.
+"""Can the latency tables be trusted? Stand-in calibration, table additivity, and latency ranges per profile.
 
 1. Calibration: each stand-in vs nn-Meter's own published predictions for 18 CNNs
    (leave-one-out: every model predicted by constants fitted without it).

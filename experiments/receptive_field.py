@@ -1,5 +1,5 @@
-"""Table IV of the QuadraNet paper (receptive field): QuadraNet-xxs with depthwise kernel 3, 5, 7 and 9,
-trained with one recipe; top-1 and training time per epoch, beside the paper's QuadraNet36-T numbers.
+"""Does a larger receptive field pay? Table IV of the QuadraNet paper: QuadraNet-xxs with depthwise kernel 3, 5,
+7 and 9, trained with one recipe; top-1 and training time per epoch, beside the paper's QuadraNet36-T numbers.
 
 Each kernel is a registered QuadraNet (``quadranet36_xxs`` by default) whose every ``quadra_k7_e4`` block
 becomes ``quadra_kK_e4``; the architecture is written to ``<root>/k<K>/arch.json`` and trained by the

@@ -1,4 +1,5 @@
-"""Paper Table III: QuadraBlock search vs ProxylessNAS's MBConv search per device. ``python -m experiments.table3``.
+"""Does a QuadraBlock search beat ProxylessNAS's MBConv search per device (paper Table III)?
+``python -m experiments.table3``.
 
 For each (device, target) of the grid and each search space (``quadra``, ``proxyless``):
 

@@ -1,4 +1,4 @@
-"""CPU speed of QuadraNet36-T vs ConvNeXt-T, HorNet-T (7x7) and Swin-T (QuadraNet paper, Table I).
+"""Is QuadraNet36-T as fast as ConvNeXt-T, HorNet-T (7x7) and Swin-T on a CPU? (QuadraNet paper, Table I.)
 
 Latency at batch 1 and throughput at batch 32, with 1 and 2 threads, torch eager
 (``inference_mode``, fp32), in each memory format (``--formats``: NCHW and channels-last, where

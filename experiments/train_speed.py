@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from experiments.diagnostics.supernet_cost import machine
 from experiments.markdown import md_table, report
-from experiments.supernet_cost import machine
 from latency.lut import get_table
 from latency.profiles import load_profile
 from nas.accelerator import PRECISIONS, Accelerator, resolve

@@ -174,8 +174,8 @@ class QuadDWConv2d(nn.Module):
     * ``"auto"`` (default): dense in CPU training of small maps (:func:`auto_dense`), grouped in CPU inference
       where it measured faster (:func:`auto_grouped`), else separate.
 
-    Measured (``python -m experiments.quad_conv_speed``, ``experiments/results/quad_conv_speed*.md``; 2-core AMD
-    EPYC VM shared with other jobs at load 6-8, torch 2.13 CPU, NCHW, interleaved medians; ratio = grouped /
+    Measured (``python -m experiments.diagnostics.quad_conv_speed``, ``experiments/results/quad_conv_speed*.md``;
+    2-core AMD EPYC VM shared with other jobs at load 6-8, torch 2.13 CPU, NCHW, interleaved medians; ratio = grouped /
     separate time, 1 thread, rows not dominated by other load; two runs: the committed tables first, the
     earlier run's in git history, commit 01c7ef0):
 

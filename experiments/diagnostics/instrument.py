@@ -16,8 +16,9 @@ diagnostic measures both for one retrain recipe (``--recipe``, at training stem 
 5. the median training seconds per epoch, and a 3-epoch retrain on all 60k images projected from it.
 
 Writes ``instrument_<dataset>_<name>.csv`` (one row per retrain) and ``.md`` into ``--out``; ``--name``
-defaults to ``stride<S>`` plus the recipe. Resumable: rerun the same command; ``--report-only`` reads
-finished retrains only (and reports what is there: a partial table says how many retrains it holds).
+defaults to ``stride<S>`` plus the recipe. Then ``instrument_<dataset>.{csv,md}``: every recipe measured into
+``--out`` side by side with its goals (:func:`compare`), the failed ones included. Resumable: rerun the same
+command; ``--report-only`` reads finished retrains only (a partial table says how many retrains it holds).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import re
 import shlex
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -50,7 +52,7 @@ GAP_GOAL = 3.0  # mean(2T band) - mean(T band) >= 3 seed std
 FULL_TRAIN = 60_000  # Fashion-MNIST's training images: what "a 3-epoch retrain" means in the goals
 
 
-def draws_dir(root, dataset: str, point: Point, stride: int):
+def draws_dir(root: Path, dataset: str, point: Point, stride: int) -> Path:
     """The draws' folder: the benchmark's own at the first training stride, a ``stride<S>`` one otherwise."""
     base = root / "random" / dataset
     return (base if stride == LEGACY_STEM_STRIDE else base / f"stride{stride}") / point.tag
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                      "train_s_per_epoch": res["train_time_s"] / res["epochs"],
                      "images_per_epoch": min(limit or FULL_TRAIN, FULL_TRAIN) if a.dataset == "fashion_mnist"
                      else np.nan,  # the 60k projection is Fashion-MNIST's
-                     "arch": " ".join(c.replace("quadra_", "") for c in arch.choices)})
+                     "recipe": a.recipe, "arch": " ".join(c.replace("quadra_", "") for c in arch.choices)})
     if not rows:
         print("no finished retrains yet", file=sys.stderr)
         return 1
@@ -159,7 +161,47 @@ def main(argv: list[str] | None = None) -> int:
               f"2T - T gap >= {GAP_GOAL:g} seed std."]
     report(a.out / f"instrument_{a.dataset}_{a.name or default_name(stride, a.recipe)}", rows,
            lines_for(per_point, gaps(per_point, rows), header))
+    compare(a.out, a.dataset)
     return 0 if len(rows) == planned else 1
+
+
+def compare(out: Path, dataset: str) -> pd.DataFrame:
+    """Every recipe measured into ``out`` side by side, one row per (recipe, point), with the goals:
+    ``instrument_<dataset>.{csv,md}``. The recipes that fail stay in the table."""
+    table = []
+    for path in sorted(out.glob(f"instrument_{dataset}_*.csv")):
+        rows = pd.read_csv(path)
+        per_point = pd.DataFrame([{"device": d, "target_ms": t, **point_stats(g)}
+                                  for (d, t), g in rows.groupby(["device", "target_ms"], sort=False)])
+        gap = gaps(per_point, rows).set_index(["device", "T_ms"])
+        for r in per_point.to_dict("records"):
+            g = gap.loc[(r["device"], r["target_ms"])] if (r["device"], r["target_ms"]) in gap.index else None
+            table.append({"recipe": path.stem.removeprefix(f"instrument_{dataset}_"),
+                          "stem_stride": int(rows.stem_stride.iloc[0]), "device": r["device"],
+                          "target_ms": r["target_ms"], "draws": r["draws"], "retrains": r["retrains"],
+                          "arch_std_pt": 100 * r["sigma_a"], "seed_std_pt": 100 * r["sigma_e"],
+                          "arch_over_seed": r["ratio"], "gap_to_2T_pt": np.nan if g is None else g.gap_pt,
+                          "gap_se_pt": np.nan if g is None else g.gap_se_pt,
+                          "gap_in_seed_std": np.nan if g is None else g.gap_in_seed_std,
+                          "min_3ep_60k": r["min_3ep_60k"],
+                          "goals_met": _goals(r["ratio"], None if g is None else g.gap_in_seed_std)})
+    table = pd.DataFrame(table)
+    if not table.empty:
+        report(out / f"instrument_{dataset}", table,
+               ["# Which recipe can see architecture quality? Every measured recipe side by side\n",
+                f"From `instrument_{dataset}_<recipe>.csv` (`python -m experiments.diagnostics.instrument`). Goals: "
+                f"arch / seed >= {ARCH_TO_SEED_GOAL:g} at every point, gap to the 2T band >= {GAP_GOAL:g} seed std, "
+                "a 3-epoch retrain on 60k images <= 12 min on one thread.\n", md_table(table, floatfmt="{:.3g}")])
+    return table
+
+
+def _goals(ratio: float, gap_in_seed_std: float | None) -> str:
+    if np.isnan(ratio):
+        return "needs repeated seeds"
+    spread = "spread yes" if ratio >= ARCH_TO_SEED_GOAL else "spread no"
+    if gap_in_seed_std is None:
+        return spread
+    return f"{spread}, gap {'yes' if gap_in_seed_std >= GAP_GOAL else 'no'}"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("nn_meter")
 pytest.importorskip("onnxsim")
 
-from experiments.nnmeter_kernels import block_view  # noqa: E402
+from experiments.diagnostics.nnmeter_kernels import block_view  # noqa: E402
 from latency.nnmeter.semantics import PREDICTOR_KERNELS, nnmeter_kernel_name  # noqa: E402
 
 

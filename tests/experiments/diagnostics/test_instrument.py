@@ -36,6 +36,15 @@ def test_instrument_splits_the_spread_and_gaps_the_2t_band_and_keeps_strides_apa
     assert set(s1.arch) == set(rows.arch)
     folders = sorted(p.name for p in recipe_dir(root, "digits", RECIPE.split()).iterdir())
     assert len(folders) == 18 and sum(f.split("-")[1] == "stem1" for f in folders) == 6
+    # every recipe side by side, with its goals; the 2T row has no gap of its own
+    both = pd.read_csv(out / "instrument_digits.csv")
+    assert sorted(both.recipe.unique()) == ["s2", "stride1_train-epochs-1-train-batch_size-32-dataset-limit-128"]
+    assert both.set_index(["recipe", "target_ms"]).gap_to_2T_pt.notna().to_dict() == {
+        ("s2", 30.0): True, ("s2", 60.0): False, (both.recipe.max(), 30.0): True, (both.recipe.max(), 60.0): False}
+    s2_30 = both[(both.recipe == "s2") & (both.target_ms == 30)].iloc[0]
+    assert s2_30.gap_to_2T_pt == pytest.approx(100 * (means[60.0] - means[30.0]))
+    assert both[both.recipe != "s2"].goals_met.eq("needs repeated seeds").all()  # one seed: no seed std
+    assert "Which recipe can see architecture quality?" in (out / "instrument_digits.md").read_text()
     # nothing runs twice: --report-only reads the same retrains
     assert instrument.main([*common, "--name", "s2", "--report-only"]) == 0
     assert len(pd.read_csv(out / "instrument_digits_s2.csv")) == 12
@@ -51,6 +60,7 @@ def test_instrument_reports_partial_tables_and_exits_nonzero(tmp_path):
 
 def test_draws_dir_keeps_the_benchmark_folder_at_the_first_stride(tmp_path):
     p = Point("vpu", "30ms")
-    assert instrument.draws_dir(tmp_path, "digits", p, LEGACY_STEM_STRIDE) == tmp_path / "random" / "digits" / "vpu-30ms"
-    assert instrument.draws_dir(tmp_path, "digits", p, 1) == tmp_path / "random" / "digits" / "stride1" / "vpu-30ms"
+    base = tmp_path / "random" / "digits"
+    assert instrument.draws_dir(tmp_path, "digits", p, LEGACY_STEM_STRIDE) == base / "vpu-30ms"
+    assert instrument.draws_dir(tmp_path, "digits", p, 1) == base / "stride1" / "vpu-30ms"
     assert instrument.default_name(2, instrument.DEFAULT_RECIPE) == "stride2"

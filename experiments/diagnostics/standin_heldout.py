@@ -1,6 +1,7 @@
-"""Stand-in error, leave-one-out on the 18 fitted CNNs and held out on nn-Meter's torch conversions.
+"""How wrong are the stand-ins? Leave-one-out on the 18 fitted CNNs, held out on nn-Meter's torch conversions.
 
-    python -m experiments.standin_heldout [--constants A.json --constants B.json ...] [--labels before,after]
+    python -m experiments.diagnostics.standin_heldout [--constants A.json --constants B.json ...]
+        [--labels before,after]
 
 For each constants file (default: the committed ``latency/data/standin_constants.json``) and each fitted device:
 
@@ -27,7 +28,7 @@ from latency.kernels import trace_kernels
 from latency.reference_nets import TORCH_ROW_NETS
 from latency.standin import CONSTANTS_PATH, DATA_DIR, FITTED_DEVICES, REFERENCE_INPUT_SHAPE, load_standin
 
-OUT = Path(__file__).resolve().parent / "results" / "standin_heldout"
+OUT = Path(__file__).resolve().parents[1] / "results" / "standin_heldout"
 TORCH_CSV = DATA_DIR / "nnmeter_reference_latency_torch.csv"
 
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     s = summary(df)
     wide = df.pivot_table(index=["device", "set", "model"], columns="constants", values="error_pct",
                           sort=False).reset_index()
-    lines = ["# Stand-in error: leave-one-out and held out (`python -m experiments.standin_heldout`)", "",
+    lines = ["# Stand-in error: leave-one-out and held out (`python -m experiments.diagnostics.standin_heldout`)", "",
              "Calibrated stand-ins (NOT nn-Meter), `pricing=device`, against nn-Meter's own predictions. LOO: the "
              "18 IR reference CNNs, each predicted by constants fitted without it (stored in the constants file). "
              "Held out: nn-Meter's torch-conversion rows (torchvision models, its ONNX-based converter), never "

@@ -2,7 +2,7 @@ import math
 
 import pandas as pd
 
-from experiments.quad_conv_speed import main, mark_contended, summary, time_config
+from experiments.diagnostics.quad_conv_speed import main, mark_contended, summary, time_config
 
 
 def test_quick_run_writes_tables(tmp_path):

@@ -1,5 +1,5 @@
-"""Quadratic depthwise conv on CPU: three depthwise convs (``impl="separate"``) vs one grouped conv
-(``impl="grouped"``: groups=C, 3C interleaved outputs, split), same weights.
+"""Which quadratic depthwise conv is faster on a CPU? Three depthwise convs (``impl="separate"``) vs one grouped
+conv (``impl="grouped"``: groups=C, 3C interleaved outputs, split), same weights.
 
 Shapes follow QuadraNet36-T at 224x224 (C=64/128/256/512 at 56/28/14/7), kernels 3/5/7, batch 1
 and 32, 1 and 2 threads, NCHW (the layout the models use). Passes: ``forward`` (inference, no grad)
@@ -8,7 +8,7 @@ configuration first checks that both implementations agree, then times them inte
 (separate, grouped, grouped, separate, ... so that drifting machine load hits both alike) and reports
 medians and the ratio grouped/separate (> 1: grouped is slower).
 
-    python -m experiments.quad_conv_speed [--shapes quadranet36_t|proxy] [--threads 1 2] [--batches 1 32]
+    python -m experiments.diagnostics.quad_conv_speed [--shapes quadranet36_t|proxy] [--threads 1 2] [--batches 1 32]
                                           [--kernels 3 5 7] [--passes forward train] [--train-batches 32]
                                           [--out experiments/results/quad_conv_speed] [--quick]
 
@@ -41,7 +41,7 @@ QUICK_SHAPES = ((8, 8), (16, 4))
 # (an OpenMP barrier waiting for a descheduled thread costs tens of ms, once per conv), so the row is not
 # used for the verdict
 CONTENDED = 2.0
-OUT = Path(__file__).resolve().parent / "results" / "quad_conv_speed"
+OUT = Path(__file__).resolve().parents[1] / "results" / "quad_conv_speed"
 
 
 def _step(conv: QuadDWConv2d, x: torch.Tensor, g: torch.Tensor | None) -> None:

@@ -1,6 +1,6 @@
-"""Per-op cost of one QuadraBlock per stage, three ways: stand-ins under each pricing, and this host measured.
+"""Where does a QuadraBlock's latency go? Per-op cost per stage: stand-ins under each pricing, this host measured.
 
-    python -m experiments.quadrablock_ops [--op quadra_k7_e4] [--repeats 50]
+    python -m experiments.diagnostics.quadrablock_ops [--op quadra_k7_e4] [--repeats 50]
 
 For ``--op`` at each stage's deployment shape (224 px input: 32x56x56, 64x28x28, 128x14x14, 256x7x7, batch 1):
 
@@ -32,7 +32,7 @@ from latency.kernels import Kernel, trace_kernels
 from latency.standin import load_standin
 from search_spaces.blocks import make_op
 
-OUT = Path(__file__).resolve().parent / "results" / "quadrablock_ops"
+OUT = Path(__file__).resolve().parents[1] / "results" / "quadrablock_ops"
 STAGES = ((32, 56), (64, 28), (128, 14), (256, 7))
 STANDINS = {"vpu": "myriadvpu_openvino2019r2", "cpu": "cortexA76cpu_tflite21"}
 CATEGORIES = ("dwconv x3", "mul a*b", "add +c", "layer-scale mul x2", "residual add x2", "layernorm x2",
@@ -126,7 +126,7 @@ def run(op: str = "quadra_k7_e4", repeats: int = 50, out: Path = OUT) -> pd.Data
                              "share_pct": 100.0 * agg[cat] / total if total else 0.0})
     df = pd.DataFrame(rows)
     cols = ["vpu device", "vpu nnmeter", "cpu device", "cpu nnmeter", "host measured"]
-    lines = [f"# Per-op cost of one {op} per stage (`python -m experiments.quadrablock_ops`)", "",
+    lines = [f"# Per-op cost of one {op} per stage (`python -m experiments.diagnostics.quadrablock_ops`)", "",
              "Columns: the vpu / cpu calibrated stand-ins (NOT nn-Meter; `standin/myriadvpu_openvino2019r2`, "
              "`standin/cortexA76cpu_tflite21`) under `pricing=device` (every kernel) and `pricing=nnmeter` "
              "(only what nn-Meter would price: the same per-kernel costs, 0 ms for LN/GELU/Mul/Transpose, on "

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.pricing_consequences import _variant_ms, max_macs
+from experiments.diagnostics.pricing_consequences import _variant_ms, max_macs
 from latency.kernels import trace_kernels
 from latency.standin import load_standin
 from search_spaces.blocks import make_op

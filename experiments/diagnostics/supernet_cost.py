@@ -1,4 +1,4 @@
-"""What a supernet step costs next to training the same network standalone.
+"""What does a supernet step cost next to training the same network standalone?
 
 One run, side by side, on one fixed architecture of a space at the training proxy
 (1x28x28 input, 10 classes, stem stride 2):
@@ -14,7 +14,7 @@ noise hits all rows alike) and the bytes autograd saves for backward (exact, fro
 saved-tensor hooks; parameters excluded), each also as a ratio to the standalone step. Then
 the cost per search iteration, (weight step + arch step / N) / standalone step.
 
-    python -m experiments.supernet_cost [--batch 128] [--repeats 10] [--threads 1] [--arch random]
+    python -m experiments.diagnostics.supernet_cost [--batch 128] [--repeats 10] [--threads 1] [--arch random]
                                         [--seed 0] [--arch-every 1 5] [--out PATH.csv]
 """
 

@@ -1,6 +1,6 @@
-"""What nn-Meter would see: its own ONNX-to-IR conversion and kernel detection on QuadraBlocks and MBConvs.
+"""What would nn-Meter see? Its own ONNX-to-IR conversion and kernel detection on QuadraBlocks and MBConvs.
 
-    python -m experiments.nnmeter_kernels [--out experiments/results/nnmeter_kernels]
+    python -m experiments.diagnostics.nnmeter_kernels [--out experiments/results/nnmeter_kernels]
 
 Every QuadraBlock candidate of the default space (kernel 3/5/7, expansion 2/4) at each stage's deployment
 shape (224 px input: 32x56x56, 64x28x28, 128x14x14, 256x7x7) and every MBConv candidate of the proxyless
@@ -33,7 +33,7 @@ from latency.nnmeter.onnx_pricing import FREE_OP_TYPES, to_onnx_model
 from latency.nnmeter.semantics import PREDICTOR_KERNELS
 from search_spaces.blocks import make_op
 
-OUT = Path(__file__).resolve().parent / "results" / "nnmeter_kernels"
+OUT = Path(__file__).resolve().parents[1] / "results" / "nnmeter_kernels"
 PREDICTORS = ("cortexA76cpu_tflite21", "myriadvpu_openvino2019r2")
 QUADRA_STAGES = ((32, 56), (64, 28), (128, 14), (256, 7))  # quadra space at 224 px (stem /4)
 PROXYLESS_STAGES = ((24, 56), (40, 28), (80, 14), (96, 14), (192, 7), (320, 7))  # proxyless space, stride-1 layers
@@ -95,7 +95,7 @@ def run(out: Path = OUT) -> pd.DataFrame:
     short = summary_df.copy()
     short["predictor"] = short.predictor.str.replace("_tflite21", "").str.replace("_openvino2019r2", "")
     lines = [
-        "# What nn-Meter would see (`python -m experiments.nnmeter_kernels`)",
+        "# What nn-Meter would see (`python -m experiments.diagnostics.nnmeter_kernels`)",
         "",
         "nn-Meter 2.0's own ONNX converter and KernelDetector on each block (torch 2.13 export, opset 20, onnxsim, "
         "no pricing rewrites), fusion rules reconstructed from the predictors' kernel names (the real "

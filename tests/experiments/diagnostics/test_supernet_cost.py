@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from experiments.supernet_cost import ROWS, cost_per_iteration, force_arch_sample, main, report, run
+from experiments.diagnostics.supernet_cost import ROWS, cost_per_iteration, force_arch_sample, main, report, run
 from search_spaces.spaces import get_space
 from supernet.supernet import Supernet
 
@@ -51,7 +51,7 @@ def test_forced_sample_keeps_active_path():
 
 
 def test_main_writes_csv(tmp_path, monkeypatch, capsys):
-    import experiments.supernet_cost as sc
+    import experiments.diagnostics.supernet_cost as sc
     monkeypatch.setattr(sc, "get_space", lambda name: tiny_space())
     out = tmp_path / "cost.csv"
     assert main(["--batch", "4", "--repeats", "1", "--warmup", "0", "--lut", "synthetic", "--out", str(out)]) == 0

@@ -1,6 +1,6 @@
-"""Most block MACs that fit a latency budget, per pricing and per suspected cause (a dynamic program).
+"""How many block MACs fit a latency budget, per pricing and per suspected cause? (A dynamic program.)
 
-    python -m experiments.pricing_consequences [--device vpu] [--target-ms 30]
+    python -m experiments.diagnostics.pricing_consequences [--device vpu] [--target-ms 30]
 
 For each search space (``quadra``, ``proxyless``) at its deployment shape (224 px), a dynamic program over the
 searchable layers picks one candidate per layer to maximise the blocks' MACs with the table sum (fixed part
@@ -38,7 +38,7 @@ from search_spaces.arch import build_net, input_shapes
 from search_spaces.blocks import SKIP_OPS, make_op
 from search_spaces.spaces import get_space
 
-OUT = Path(__file__).resolve().parent / "results" / "pricing_consequences"
+OUT = Path(__file__).resolve().parents[1] / "results" / "pricing_consequences"
 DEVICE_KEYS = {"vpu": "myriadvpu_openvino2019r2", "cpu": "cortexA76cpu_tflite21"}
 VARIANTS = ("device", "drop-only", "nnmeter", "nnmeter, no dw overhead")
 PAPER = {"quadra": (312, 29.9), "proxyless": (275, 29.9)}  # vpu: MACs (M), ms
