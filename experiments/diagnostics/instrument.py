@@ -77,6 +77,10 @@ def point_stats(rows: pd.DataFrame) -> dict:
             "min_3ep_60k": float(per_img.median() * 3 * FULL_TRAIN / 60)}
 
 
+GAP_COLUMNS = ["device", "T_ms", "mean_T", "mean_2T", "gap_pt", "gap_se_pt", "seed_std_pt", "gap_in_seed_std",
+               "goal_met"]
+
+
 def gaps(per_point: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """Per device, each pair of grid targets T and 2T: the gap of the band means, its SE and seed stds."""
     out = []
@@ -93,7 +97,7 @@ def gaps(per_point: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
                         "gap_pt": 100 * gap, "gap_se_pt": 100 * float(np.hypot(lo.band_se, hi.band_se)),
                         "seed_std_pt": 100 * sigma_e, "gap_in_seed_std": gap / sigma_e if sigma_e > 0 else np.nan,
                         "goal_met": bool(gap >= GAP_GOAL * sigma_e)})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=GAP_COLUMNS)
 
 
 def lines_for(per_point: pd.DataFrame, gap_rows: pd.DataFrame, header: list[str]) -> list[str]:

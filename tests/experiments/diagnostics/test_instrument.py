@@ -64,3 +64,15 @@ def test_draws_dir_keeps_the_benchmark_folder_at_the_first_stride(tmp_path):
     assert instrument.draws_dir(tmp_path, "digits", p, LEGACY_STEM_STRIDE) == base / "vpu-30ms"
     assert instrument.draws_dir(tmp_path, "digits", p, 1) == base / "stride1" / "vpu-30ms"
     assert instrument.default_name(2, instrument.DEFAULT_RECIPE) == "stride2"
+
+
+def test_compare_lists_a_recipe_measured_at_one_point_without_a_gap(tmp_path):
+    rows = pd.DataFrame({"device": "vpu", "target_ms": 30.0, "draw": [0, 0, 1, 1], "seed": [0, 1, 0, 1],
+                         "top1": [0.80, 0.81, 0.90, 0.91], "blocks": 5, "stem_stride": 1,
+                         "train_s_per_epoch": 10.0, "images_per_epoch": 30000.0, "arch": ["a", "a", "b", "b"]})
+    rows.to_csv(tmp_path / "instrument_digits_one.csv", index=False)
+    table = instrument.compare(tmp_path, "digits")
+    (row,) = table.to_dict("records")
+    assert row["recipe"] == "one" and pd.isna(row["gap_to_2T_pt"]) and row["goals_met"] == "spread yes"
+    assert row["seed_std_pt"] == pytest.approx(100 * 0.005 * 2 ** 0.5)
+    assert row["min_3ep_60k"] == pytest.approx(10.0 / 30000 * 180000 / 60)
