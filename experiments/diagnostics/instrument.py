@@ -157,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     per_point = pd.DataFrame([{"device": d, "target_ms": t, **point_stats(g)}
                               for (d, t), g in rows.groupby(["device", "target_ms"], sort=False)])
     planned = len(jobs)
+    predictors = ", ".join(f"{d}: `{p}`" for d, p in rows[["device", "predictor"]].drop_duplicates().itertuples(False))
     header = [f"# Can the recipe see architecture quality? `{a.name or default_name(stride, a.recipe)}`\n",
               f"Recipe: `{a.recipe}` at training stem stride {stride}, on {a.dataset}; {a.k} random draws in "
               f"[0.9T, T] per point x retrain seeds {a.seeds}. {len(rows)} of {planned} planned retrains finished."
-              f" Latency: the table of each device's predictor ({rows.predictor.iloc[0]} and kin; calibrated "
-              f"stand-ins, not nn-Meter). Goals: architecture std >= {ARCH_TO_SEED_GOAL:g}x seed std, "
+              f" Latency: the table of each device's predictor ({predictors}; calibrated stand-ins, not "
+              f"nn-Meter, where named `standin/`). Goals: architecture std >= {ARCH_TO_SEED_GOAL:g}x seed std, "
               f"2T - T gap >= {GAP_GOAL:g} seed std."]
     report(a.out / f"instrument_{a.dataset}_{a.name or default_name(stride, a.recipe)}", rows,
            lines_for(per_point, gaps(per_point, rows), header))

@@ -22,6 +22,7 @@ def test_instrument_splits_the_spread_and_gaps_the_2t_band_and_keeps_strides_apa
     assert rows[rows.target_ms == 30].latency_ms.between(27, 30).all()
     md = (out / "instrument_digits_s2.md").read_text()
     assert "12 of 12 planned retrains finished" in md
+    assert f"vpu: `{rows.predictor.iloc[0]}`" in md  # each device's predictor named
     assert "| vpu | 30 | 3 | 6 |" in md and "| vpu | 60 | 3 | 6 |" in md
     assert "gap_in_seed_std" in md
     # the gap is the difference of the two bands' means over draws of seed means
