@@ -216,9 +216,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resume_config(saved: dict, config: dict, path: Path) -> None:
-    """The one resume rule of search and retrain: configs may differ only in :data:`RESUME_FREE`."""
-    a, b = _flat(_without(saved, RESUME_FREE)), _flat(_without(config, RESUME_FREE))
+def check_resume_config(saved: dict, config: dict, path: Path, free: tuple[str, ...] = ()) -> None:
+    """The one resume rule of search and retrain: configs may differ only in :data:`RESUME_FREE` (and ``free``,
+    keys the caller checks another way)."""
+    a, b = _flat(_without(saved, RESUME_FREE + free)), _flat(_without(config, RESUME_FREE + free))
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
         raise CheckpointError(f"{path} was written by a run with a different config (differs in: {', '.join(diff)}); "

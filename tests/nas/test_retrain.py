@@ -148,6 +148,22 @@ def test_resume_with_another_config_is_refused(arch_json, tmp_path):
         train(_cfg("retrain", f"arch={arch_json}", "train.epochs=0", "train.lr=1e-3", *QUIET), tmp_path)
 
 
+def test_resume_follows_the_network_not_the_file_that_names_it(arch_json, tmp_path):
+    # benchmarks share a retrain folder per network: a draw of another band, same choices, own path and metadata
+    train(_cfg("retrain", f"arch={arch_json}", "train.epochs=1", "train.stop_after=1", *QUIET), tmp_path / "run")
+    arch = Arch.load(arch_json)
+    copy = tmp_path / "copy.json"
+    Arch.from_dict({**arch.to_dict(), "metadata": {"derivation": "random draw of another band"}}).save(copy)
+    res = train(_cfg("retrain", f"arch={copy}", "train.epochs=1", *QUIET), tmp_path / "run")
+    assert 0 <= res["top1"] <= 1 and load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 0
+    other = tmp_path / "other.json"
+    flipped = list(arch.choices)
+    flipped[0] = "identity" if flipped[0] != "identity" else next(c for c in arch.choices if c != "identity")
+    Arch.from_dict({**arch.to_dict(), "choices": flipped}).save(other)
+    with pytest.raises(CheckpointError, match="holds another architecture"):
+        train(_cfg("retrain", f"arch={other}", "train.epochs=1", *QUIET), tmp_path / "run")
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(arch_json, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = trainer.compute_loss
