@@ -57,7 +57,7 @@ from nas.loops import (
     wrap_ddp,
 )
 from nas.report import EvaluatedRun, report
-from search_spaces.arch import build_net
+from search_spaces.arch import Arch, build_net
 from search_spaces.quadratic import set_impl
 from search_spaces.summary import count_params
 
@@ -138,7 +138,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         # the network decides, not the file that names it: another copy of the same choices (a benchmark's
         # draw of another band, say, with its own path and metadata) resumes the same run
         check_resume_config(state["config"], config, ckpt_path, free=("arch",))
-        if _network(state.get("arch") or {}) != _network(job.arch.to_dict()):
+        if "arch" not in state or Arch.from_dict(state["arch"]) != job.arch:  # Arch equality skips metadata
             raise CheckpointError(f"{ckpt_path} holds another architecture than {job.label}; use a new run folder")
         init_desc = state["init"]
     else:
@@ -267,8 +267,3 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     evaluated = "ema" if ema is not None else "model"
     return report(EvaluatedRun(run_dir, eval_model, job.arch, job.source, job.model, info, test, final, evaluated),
                   cfg.eval, cfg.results_csv)
-
-
-def _network(arch: dict) -> dict:
-    """What of an architecture's JSON defines the network: all but its metadata."""
-    return {k: v for k, v in arch.items() if k != "metadata"}
