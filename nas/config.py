@@ -59,13 +59,14 @@ DATASETS = ("fashion_mnist", "digits", "cifar10", "imagefolder")  # what nas.dat
 DATASETS_WITH_ROOT = ("cifar10", "imagefolder")  # no default location: dataset.root is required
 WEIGHT_OPTIMIZERS = ("adamw", "sgd")
 ARCH_OPTIMIZERS = ("adam", "sgd")
-DERIVE_METHODS = ("select", "naswot", "budgeted", "argmax")
+DERIVE_METHODS = ("select", "train", "naswot", "budgeted", "argmax")
 INIT_WORDS = ("scratch", "supernet")  # retrain's init=, besides a checkpoint path
 SKIPPED_KEYS = ("hydra",)  # Hydra's own node, present in the config a callback sees
 USAGE_EXIT = 2  # exit code of a usage error (as nas.cli.run_cli)
 DEPLOY_SHAPE_RANK = 4  # device input_shape: N, C, H, W
 IMAGE_SHAPE_RANK = 3  # search-space input_shape: C, H, W
 DEFAULT_FINALISTS = 8  # derive.finalists when a config predates the key
+DEFAULT_TRAIN_EPOCHS = 1.0  # derive.train_epochs when a config predates the key
 
 
 class ConfigError(ValueError):
@@ -269,6 +270,7 @@ class DeriveConfig:
     candidates: int = opt(AT_LEAST_1)
     eval_images: int = opt(AT_LEAST_1)
     finalists: int = opt(AT_LEAST_0, default=DEFAULT_FINALISTS)
+    train_epochs: float = opt(POSITIVE, default=DEFAULT_TRAIN_EPOCHS)
     without_search: bool = opt()
 
 
@@ -427,6 +429,9 @@ def _search_rules(cfg: DictConfig) -> None:
     if cfg.train.epochs < 1 and not cfg.derive.without_search:
         raise ConfigError(f"train.epochs={cfg.train.epochs} is invalid for a search; valid: an integer >= 1 (search "
                           "epochs after the warm-up), or derive.without_search=true to export without searching")
+    if cfg.derive.method == "train" and cfg.derive.finalists < 1:
+        raise ConfigError(f"derive.finalists={cfg.derive.finalists} is invalid for derive.method=train; valid: an "
+                          "integer >= 1 (the candidates trained standalone)")
 
 
 def _retrain_rules(cfg: DictConfig) -> None:

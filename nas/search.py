@@ -25,6 +25,12 @@ and ``derive.method``:
   distribution (mixed with the random-baseline distribution, see
   :mod:`search_spaces.sampling`) plus the ``budgeted`` one, each scored on held-out images
   with the supernet's weights; the best is exported;
+* ``train``: the best ``derive.finalists`` of ``select``'s first round, each trained standalone from
+  scratch for ``derive.train_epochs`` on the search's training split and scored on the held-out split
+  (a selector that measures each finalist's effect instead of trusting the shared weights, which after
+  a short search give the ~2-block networks of a tight band almost no lift over the all-identity one;
+  ``experiments.diagnostics.proxy_tau``: a retrain's first-epoch accuracy ranks the vpu 15 ms band with
+  tau 0.86 across seeds, the supernet's scores with 0.16); the best is exported;
 * ``naswot``: the same candidates, each scored without training by NASWOT (Mellor et al.,
   ICML 2021; :mod:`search_spaces.naswot`) as a standalone network at initialisation; the best
   is exported.
@@ -87,6 +93,7 @@ from nas.loops import (
 )
 from nas.report import append_results_row
 from nas.steps import arch_step, export_ms, lut_tensors, weight_step
+from nas.trainer import param_groups
 from search_spaces.arch import Arch, build_net
 from search_spaces.blocks import SKIP_OPS
 from search_spaces.io import atomic_save_figure, atomic_write_text
@@ -101,6 +108,7 @@ from supernet.supernet import Supernet
 
 log = logging.getLogger("nas.search")
 
+DERIVE_STREAM = 1  # derive.method=train: data-order stream of the finalists' training (the search's is 0)
 NASWOT_BATCH = 64  # derive.method=naswot: images per code kernel (two batches and inits: tau 0.94-0.99, proxy_tau)
 BAND_POOL = 4096  # train.sampling=band: architectures drawn in the band (fewer when the band holds fewer)
 
@@ -426,6 +434,8 @@ def derive_choices(cfg: DictConfig, setup: Setup, st: State) -> tuple[list[str],
     first = torch.utils.data.Subset(setup.val_part, range(min(int(cfg.derive.eval_images), len(setup.val_part))))
     scored = _score(model, candidates, first, names, log_probs, setup, "scoring candidates")
     finalists, how = int(cfg.derive.finalists), f"{len(scored)} candidates in [{lo:.3f}, {t:.3f}] ms"
+    if method == "train":
+        return _train_pick(cfg, setup, scored, how)
     if finalists > 0 and len(first) < len(setup.val_part):
         # 2,000 images give each score a standard error of ~0.9 pt, more than the spread of the candidates:
         # the best few are scored again on the whole held-out split (successive halving, one round)
@@ -437,6 +447,54 @@ def derive_choices(cfg: DictConfig, setup: Setup, st: State) -> tuple[list[str],
         scored += rest
     best = max((r for r in scored if r.get("finalist", True)), key=lambda r: (r["val_top1"], r["log_prob"]))
     return best["choices"], f"select: best held-out top-1 of {how}, with supernet weights", scored
+
+
+def _train_pick(cfg: DictConfig, setup: Setup, scored: list[dict], how: str) -> tuple[list[str], str, list[dict]]:
+    """The best ``derive.finalists`` of select's first round (by their held-out top-1 with supernet weights),
+    each trained standalone from scratch for ``derive.train_epochs`` on the search's training split and scored
+    on the whole held-out split; the best is exported. Every finalist starts from the same seed and sees the
+    same batches (common random numbers), so their scores differ by architecture, not by draw."""
+    top = sorted(scored, key=lambda r: -r["val_top1"])[:int(cfg.derive.finalists)]
+    rest = [dict(r, finalist=False) for r in scored if r not in top]
+    trained = [dict(r, supernet_top1=r.pop("val_top1"), images=len(setup.val_part),
+                    val_top1=train_standalone(cfg, setup, setup.train_space.arch(r["choices"])))
+               for r in tqdm(top, desc="training finalists", leave=False)]
+    best = max(trained, key=lambda r: (r["val_top1"], r["log_prob"]))
+    epochs = float(cfg.derive.train_epochs)
+    return best["choices"], (f"train: best held-out top-1 of the {len(trained)} best of {how} (by supernet "
+                             f"weights), each trained standalone for {epochs:g} epoch(s) on "
+                             f"{len(setup.train_part)} images"), trained + rest
+
+
+def train_standalone(cfg: DictConfig, setup: Setup, arch: Arch) -> float:
+    """Held-out top-1 of ``arch`` trained from scratch for ``derive.train_epochs`` epochs of the search's
+    training split: AdamW with the search's lr, weight decay, label smoothing and clipping, linear warm-up over
+    the first half of the steps and cosine to 0 over the second (the retrain recipe's shape, shortened)."""
+    tc, accel = cfg.train, setup.accel
+    seed_everything(cfg.seed)
+    net = accel.module(build_net(arch))
+    opt = torch.optim.AdamW(param_groups(net, tc.weight_decay), lr=tc.lr)
+    per_epoch = len(setup.train_part) // int(tc.batch_size)
+    total = max(1, round(float(cfg.derive.train_epochs) * per_epoch))
+    step, epoch = 0, 0
+    net.train()
+    while step < total:
+        for x, y in accel.batches(epoch_loader(setup.train_part, int(tc.batch_size), cfg.seed, epoch, DistInfo(),
+                                               stream=DERIVE_STREAM)):
+            set_lr(opt, cosine_lr(tc.lr, step, total, warmup_steps=total // 2))
+            with accel.autocast():
+                loss = torch.nn.functional.cross_entropy(net(x), y, label_smoothing=tc.label_smoothing)
+            if not torch.isfinite(loss.detach()):
+                log.warning("derive.method=train: the loss of %s became %s at step %d; scored as 0",
+                            " ".join(arch.choices), loss.item(), step + 1)
+                return 0.0
+            accel.backward(loss, opt, net.parameters(), tc.grad_clip)
+            accel.apply(opt)
+            step += 1
+            if step == total:
+                break
+        epoch += 1
+    return evaluate(net, make_loader(setup.val_part, 256, False, 0), accel)["top1"]
 
 
 def _naswot_pick(cfg: DictConfig, setup: Setup, candidates: list[tuple[str, ...]], names: list[list[str]],
