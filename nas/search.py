@@ -533,7 +533,9 @@ def _candidate(choices: tuple[str, ...], names: list[list[str]], log_probs: list
 
 def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: DistInfo, wall_s: float) -> dict:
     model, device, target_ms = st.model, setup.device, setup.target_ms
+    t_derive = time.perf_counter()
     choices, how, scored = derive_choices(cfg, setup, st)
+    derive_s = time.perf_counter() - t_derive  # minutes with derive.method=train: part of the search's cost
     arch = setup.train_space.arch(choices)
     dep_arch = deployment_space(setup.space, load_profile(device)).arch(choices)
     dep_net = build_net(dep_arch)
@@ -547,7 +549,7 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
         "search": {"device": device, "target_ms": target_ms, "loss": cfg.loss.kind, "mode": cfg.mode,
                    "sampling": cfg.train.sampling, "seed": cfg.seed, "dataset": cfg.dataset.name,
                    "epochs": len(st.history), "arch_steps": st.arch_steps, "world_size": dist_info.world_size,
-                   "wall_s": round(wall_s, 1)},
+                   "wall_s": round(wall_s + derive_s, 1), "derive_s": round(derive_s, 1)},
         "derivation": how,
         "argmax_choices": list(model.export().choices),
         "latency_ms": latency,

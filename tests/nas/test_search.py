@@ -140,6 +140,8 @@ def test_export_uses_the_budget_and_adds_a_results_row(tmp_path, method):
         best = max(trained, key=lambda c: c["val_top1"])
         assert best["choices"] == list(Arch.load(tmp_path / "run" / "arch.json").choices)
         assert all(0.0 < c["val_top1"] <= 1.0 for c in trained)
+    # the derivation's time (minutes with train) counts in the search's wall time
+    assert 0.0 < meta["search"]["derive_s"] <= meta["search"]["wall_s"]
     if method == "naswot":  # every candidate scored on one batch, the best exported
         cands = meta["candidates"]
         assert len(cands) >= 3 and meta["derivation"].startswith("naswot")
