@@ -50,6 +50,7 @@ from omegaconf import OmegaConf
 
 from experiments.plots import device_panels
 from latency.lut import LatencyTable, get_table
+from latency.standin import ROOFLINE_DEVICES
 from latency.units import parse_latency_ms
 from search_spaces.arch import Arch
 from search_spaces.io import atomic_write_text
@@ -413,6 +414,21 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures else 0
 
 
+def provenance_note(predictors: pd.Series) -> str:
+    """One sentence naming every predictor behind a table's latencies and what kind of number it gives."""
+    def kind(name: str) -> str:
+        if name.startswith("nnmeter/"):
+            return "nn-Meter's built-in predictor"
+        if name.startswith("measured/"):
+            return "measured on this host"
+        if name.removeprefix("standin/").split("+")[0] in ROOFLINE_DEVICES:
+            return "an uncalibrated roofline stand-in, not nn-Meter"
+        return "a calibrated stand-in, not nn-Meter"
+    names = sorted(set(predictors.dropna().astype(str)) - {""})
+    return ("Latencies are table sums from each device's predictor: "
+            + "; ".join(f"`{n}` is {kind(n)}" for n in names) + ".")
+
+
 def report(rows: pd.DataFrame, out: Path, recipe: list[str], dataset: str) -> None:
     """Merge these rows into the committed tables (other variants' rows are kept) and print them. One
     process at a time: two benchmark commands sharing ``out`` must not drop each other's rows."""
@@ -424,8 +440,7 @@ def report(rows: pd.DataFrame, out: Path, recipe: list[str], dataset: str) -> No
         rows = rows.drop_duplicates(["kind", "variant", "device", "target_ms", "seed", "choices"], keep="last")
         rows = rows.sort_values(["device", "target_ms", "kind", "variant", "seed"], ignore_index=True)
         summary = summarize(rows)
-        note = ("Latencies are table sums from each device's predictor (see `predictor`: calibrated stand-ins, "
-                "not nn-Meter, on these machines).")
+        note = provenance_note(rows["predictor"])
         atomic_write_text(csv, rows.to_csv(index=False))
         atomic_write_text(out / f"search_vs_random_{dataset}_summary.csv", summary.to_csv(index=False))
         md = markdown(summary, recipe, note)

@@ -227,7 +227,8 @@ def side_by_side(device: pd.DataFrame, other: pd.DataFrame, pricing: str) -> str
                            f"macs_ratio {pricing}": q[f"macs_M {pricing}"] / p[f"macs_M {pricing}"],
                            "paper_macs_ratio": q.paper_macs_M / p.paper_macs_M})
     lines = [f"# Table III under pricing=device and pricing={pricing}, beside the paper\n",
-             "Each latency is a table sum of the calibrated stand-in (NOT nn-Meter) under the column's pricing: "
+             "Each latency is a table sum of the device's stand-in (NOT nn-Meter: calibrated on cpu and vpu, an "
+             "uncalibrated roofline on gpu, `standin/a100`) under the column's pricing: "
              "`device` prices every op, `nnmeter` only the kernels nn-Meter's predictor would (LN/GELU/Mul/"
              "Transpose, on the vpu also Add, at 0 ms; fc as one row). The paper's column is nn-Meter's "
              "(ImageNet, targets 300/30/3 ms; only its VPU column is on nn-Meter's scale). Top-1: Fashion-MNIST, "

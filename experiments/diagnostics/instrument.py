@@ -41,6 +41,7 @@ from experiments.search_vs_random import (
     add_run_args,
     parse_grid,
     parse_seeds,
+    provenance_note,
     random_archs,
     retrain_all,
     space_cfg,
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     header = [f"# Can the recipe see architecture quality? `{a.name or default_name(stride, a.recipe)}`\n",
               f"Recipe: `{a.recipe}` at training stem stride {stride}, on {a.dataset}; {a.k} random draws in "
               f"[0.9T, T] per point x retrain seeds {a.seeds}. {len(rows)} of {planned} planned retrains finished."
-              f" Latency: the table of each device's predictor ({predictors}; calibrated stand-ins, not "
-              f"nn-Meter, where named `standin/`). Goals: architecture std >= {ARCH_TO_SEED_GOAL:g}x seed std, "
+              f" Latency: the table of each device's predictor ({predictors}). {provenance_note(rows['predictor'])}"
+              f" Goals: architecture std >= {ARCH_TO_SEED_GOAL:g}x seed std, "
               f"2T - T gap >= {GAP_GOAL:g} seed std."]
     report(a.out / f"instrument_{a.dataset}_{a.name or default_name(stride, a.recipe)}", rows,
            lines_for(per_point, gaps(per_point, rows), header))

@@ -149,3 +149,12 @@ def test_summary_delta_and_its_standard_error():
     assert r["delta_se_pt"] == pytest.approx(100 * std * (1 / 2 + 1 / 4) ** 0.5)
     assert r["rank"] == 2 and r["used"] == pytest.approx(29 / 30)
     assert "| +1.00 (1.12) | 2 |" in search_vs_random.markdown(search_vs_random.summarize(rows), [], "")
+
+
+def test_provenance_note_names_each_predictor_kind():
+    note = search_vs_random.provenance_note(pd.Series(
+        ["standin/a100", "standin/cortexA76cpu_tflite21", "standin/a100", "nnmeter/myriadvpu_openvino2019r2", ""]))
+    assert "`standin/a100` is an uncalibrated roofline stand-in, not nn-Meter" in note
+    assert "`standin/cortexA76cpu_tflite21` is a calibrated stand-in, not nn-Meter" in note
+    assert "`nnmeter/myriadvpu_openvino2019r2` is nn-Meter's built-in predictor" in note
+    assert note.count("standin/a100") == 1
