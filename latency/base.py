@@ -16,6 +16,7 @@ from torch import nn
 NNMETER_BUILTIN = "nn-Meter built-in predictor"
 NNMETER_CUSTOM = "nn-Meter custom predictor"
 STANDIN = "calibrated stand-in (not nn-Meter)"
+ROOFLINE_STANDIN = "uncalibrated roofline stand-in (not nn-Meter)"  # datasheet constants, fitted to nothing
 MEASURED = "measured"
 
 # How a stand-in prices a network (latency.standin): every op a runtime executes, or only what nn-Meter's

@@ -5,7 +5,8 @@ so each nn-Meter device gets a small linear cost model over the kernels of
 :func:`latency.kernels.trace_kernels`, fitted to nn-Meter's OWN published
 predictions for 18 standard CNNs (``data/nnmeter_reference_latency.csv``, from
 nn-Meter's test data, MIT). Numbers from this module are always labelled
-``provenance = STANDIN``; they are never nn-Meter's.
+``provenance = STANDIN`` (the a100 roofline, fitted to nothing: ``ROOFLINE_STANDIN``); they are
+never nn-Meter's.
 
 Cost model (fitted devices)
 ---------------------------
@@ -91,7 +92,7 @@ import pandas as pd
 from omegaconf import DictConfig
 from torch import nn
 
-from latency.base import PRICINGS, STANDIN, Latency
+from latency.base import PRICINGS, ROOFLINE_STANDIN, STANDIN, Latency
 from latency.kernels import BYTES_PER_ELEMENT, Kernel, trace_kernels
 from latency.nnmeter.semantics import PREDICTOR_KERNELS
 from search_spaces.io import atomic_write_text
@@ -412,10 +413,11 @@ def load_standin(device_key: str, constants_path: str | Path | None = None, pric
         raise ValueError(f"unknown stand-in device {device_key!r}; valid keys: {', '.join(DEVICE_KEYS)}")
     if device_key in ROOFLINE_DEVICES:
         return StandinPredictor(
-            device_key=device_key, roofline=dict(A100_ROOFLINE),
+            device_key=device_key, roofline=dict(A100_ROOFLINE), provenance=ROOFLINE_STANDIN,
             error_note="uncalibrated A100 roofline (datasheet constants + launch overhead); "
                        "no reference data, sanity range only",
-            version=_hash(CODE_VERSION, device_key, json.dumps(A100_ROOFLINE, sort_keys=True)),
+            # the provenance is in the version so that tables cached under the old "calibrated" label rebuild
+            version=_hash(CODE_VERSION, device_key, ROOFLINE_STANDIN, json.dumps(A100_ROOFLINE, sort_keys=True)),
         )
     path = Path(constants_path) if constants_path is not None else CONSTANTS_PATH
     raw = path.read_bytes()

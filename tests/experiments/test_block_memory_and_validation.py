@@ -47,4 +47,5 @@ def test_latency_validation_tables():
     assert len(add) == 3 and (add.error_pct.abs() < 1e-6).all()  # the stand-in is additive here
     r = ranges(devices=("vpu", "gpu")).set_index("device")
     assert r.loc["vpu", "min_ms"] <= 30.0 <= r.loc["vpu", "max_ms"]
-    assert (r.provenance == "calibrated stand-in (not nn-Meter)").all()
+    assert r.loc["vpu", "provenance"] == "calibrated stand-in (not nn-Meter)"
+    assert r.loc["gpu", "provenance"] == "uncalibrated roofline stand-in (not nn-Meter)"

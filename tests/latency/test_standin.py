@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from torch import nn
 
-from latency.base import NNMETER_BUILTIN, NNMETER_CUSTOM, STANDIN, Latency
+from latency.base import NNMETER_BUILTIN, NNMETER_CUSTOM, ROOFLINE_STANDIN, STANDIN, Latency
 from latency.kernels import trace_kernels
+from latency.lut import get_table
 from latency.reference_nets import REFERENCE_NETS, build
 from latency.standin import (
     CONSTANTS_PATH,
@@ -21,6 +22,7 @@ from latency.standin import (
     PACKAGED_REFERENCE_CSV,
     PROVENANCE,
     REPORT_COLUMNS,
+    ROOFLINE_DEVICES,
     default_reference_csv,
     fit_standins,
     load_standin,
@@ -28,6 +30,7 @@ from latency.standin import (
     read_reference,
     run,
 )
+from search_spaces.spaces import quadra_space
 from tests.helpers import tool_cfg
 
 A76, VPU = "cortexA76cpu_tflite21", "myriadvpu_openvino2019r2"
@@ -161,7 +164,8 @@ def test_predictor_is_labelled_standin():
         pred = load_standin(key)
         lat = pred.module_ms(net, (1, 3, 64, 64))
         assert isinstance(lat, Latency)
-        assert lat.provenance == STANDIN == pred.provenance
+        # the a100 roofline is fitted to nothing: it must not call itself calibrated
+        assert lat.provenance == (ROOFLINE_STANDIN if key in ROOFLINE_DEVICES else STANDIN) == pred.provenance
         assert lat.provenance not in (NNMETER_BUILTIN, NNMETER_CUSTOM)
         assert lat.predictor == pred.name == f"standin/{key}"
         assert "nnmeter" not in lat.predictor.lower()
@@ -177,6 +181,17 @@ def test_a100_roofline_sanity():
     ms = a100.module_ms(build("mobilenetv2"), (1, 3, 224, 224)).ms
     assert 0.3 <= ms <= 5.0
     assert "roofline" in a100.error_note
+
+
+def test_device_tables_carry_the_predictor_kind(tmp_path, monkeypatch):
+    """The gpu table (and the search summary and benchmark tables that print its label) says roofline, the
+    fitted devices' tables say calibrated; a table cached under the a100's old label is not reused."""
+    monkeypatch.setenv("QUADRANAS_CACHE", str(tmp_path))
+    space = quadra_space(widths=(8, 16), depths=(1, 1), input_shape=(3, 32, 32), num_classes=10, stem_stride=2)
+    gpu = get_table(space, "gpu", progress=False)
+    assert gpu.provenance == ROOFLINE_STANDIN and "uncalibrated" in gpu.error_note
+    assert "calibrated stand-in" not in str(gpu.latency(space.random_arch(0)))
+    assert get_table(space, "cpu", progress=False).provenance == STANDIN
 
 
 def test_unknown_device_key():
