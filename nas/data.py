@@ -8,7 +8,8 @@
 * ``digits`` -- scikit-learn's built-in 8x8 digits, split 80/20 (stratified, fixed seed) and
   resized (default 16x16). Always available: right for tests and smoke runs.
 * ``cifar10`` -- the python-pickle layout (``data_batch_1..5``, ``test_batch``) under ``root``.
-  Pickles can run code when loaded: point ``root`` only at files you trust.
+  Read with a restricted unpickler (:class:`ArrayUnpickler`) that builds only dicts, lists, bytes,
+  strings, numbers and numpy arrays: a file that asks for anything else is refused, never run.
 * ``imagefolder`` -- ``root/train/<class>/*.jpg|jpeg|png`` and ``root/val/<class>/...``
   (split ``"test"`` reads ``val``), loaded lazily per item.
 
@@ -258,10 +259,34 @@ def _cifar_dir(root: str | None) -> Path:
                                f"(missing {', '.join(missing)}); extract cifar-10-python.tar.gz there")
 
 
+class ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that imports nothing but what rebuilds a numpy array (and ``bytes`` in protocol 2).
+
+    Plain containers, strings and numbers need no import; any other global (``os.system``,
+    ``builtins.eval``, a class with ``__reduce__``) raises :class:`pickle.UnpicklingError` before it
+    is looked up, so loading a hostile file cannot run its code.
+    """
+
+    ALLOWED = frozenset({
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # how protocol 2 writes bytes
+    })
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load global {module}.{name}: a CIFAR-10 batch holds only "
+                                         "arrays, lists, dicts and bytes")
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = ArrayUnpickler(f, encoding="bytes").load()
+        if not isinstance(d, dict):
+            raise TypeError(f"holds a {type(d).__name__}, not a dict")
         data = np.asarray(d.get(b"data", d.get("data")), dtype=np.uint8)
         labels = np.asarray(d.get(b"labels", d.get("labels")), dtype=np.int64)
     except Exception as e:  # noqa: BLE001 - any failure means the file is not a CIFAR batch

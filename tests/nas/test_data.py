@@ -1,4 +1,5 @@
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -127,14 +128,42 @@ def test_fashion_mnist_idx_headers_are_checked(tmp_path):
 
 
 # -- CIFAR-10 -------------------------------------------------------------------------------
-def _fake_cifar(root: Path, per_file: int = 20) -> None:
+def _fake_cifar(root: Path, per_file: int = 20, protocol: int = pickle.DEFAULT_PROTOCOL) -> None:
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         d = {b"batch_label": name.encode(), b"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
              b"labels": [int(v) for v in rng.integers(0, 10, per_file)],
              b"filenames": [f"{i}.png".encode() for i in range(per_file)]}
         with open(root / name, "wb") as f:
-            pickle.dump(d, f)
+            pickle.dump(d, f, protocol=protocol)
+
+
+class _RunsCode:
+    """A pickle payload that runs a shell command when a plain ``pickle.load`` rebuilds it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("protocol", [2, 5])  # CIFAR-10's own files are protocol 2 (bytes via _codecs.encode)
+def test_cifar10_reads_every_pickle_protocol(tmp_path, protocol):
+    _fake_cifar(tmp_path, per_file=4, protocol=protocol)
+    _, info = get_dataset("cifar10", "test", root=tmp_path)
+    assert (info.num_train, info.num_test) == (20, 4)
+
+
+def test_cifar10_hostile_pickle_is_refused_not_run(tmp_path):
+    _fake_cifar(tmp_path, per_file=4)
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump({b"data": _RunsCode(marker), b"labels": [0]}, f)
+    with pytest.raises(ValueError, match=r"test_batch: not a CIFAR-10 python batch .*refused to load global "
+                                         r"posix\.system"):
+        get_dataset("cifar10", "test", root=tmp_path)
+    assert not marker.exists()
 
 
 def test_cifar10_pickle_layout(tmp_path):
