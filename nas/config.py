@@ -440,6 +440,12 @@ def _retrain_rules(cfg: DictConfig) -> None:
                           f"(registered models: {', '.join(MODELS)})")
     if cfg.arch is not None and not Path(cfg.arch).is_file():
         raise ConfigError(f"arch={cfg.arch} is invalid: no such file; valid: PATH/arch.json")
+    if cfg.arch is not None:
+        from search_spaces.arch import Arch, ArchError
+        try:
+            Arch.load(cfg.arch)  # its contents too: a broken file fails before the run folder exists
+        except ArchError as e:
+            raise ConfigError(f"arch: {e}") from None
     if cfg.init not in INIT_WORDS and not Path(cfg.init).is_file():
         raise ConfigError(f"init={cfg.init} is invalid: no such file; valid: {', '.join(INIT_WORDS)} "
                           "or PATH/checkpoint.pt")

@@ -22,36 +22,63 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from nas.cli import hydra_run_dir, run_cli
+from nas.config import DATASETS, USAGE_EXIT
 from nas.job import recorded_dataset
 from nas.trainer import train
+from search_spaces.arch import ArchError
 
 log = logging.getLogger("nas.retrain")
 
 
-def with_recorded_dataset(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """The config on the arch file's own dataset when the command line names none (else ``cfg`` as is)."""
-    arch = cfg.get("arch")
-    if arch is None or any(o.lstrip("+~").split("=")[0] == "dataset" for o in overrides):
-        return cfg
+def with_recorded_dataset(args: list[str]) -> tuple[list[str], str | None]:
+    """The command line with ``dataset=<name>`` added when ``arch=FILE`` records one and none is given.
+
+    Runs before Hydra composes, so the run folder is named after the dataset trained on and a broken arch
+    file fails before any folder exists. The recorded name comes from a file: it must be one of
+    :data:`nas.config.DATASETS` before it becomes an override (a ``../`` value would load any YAML on disk).
+    Returns the arguments and a note for the log (None when nothing was added).
+    """
+    if any(a.lstrip("+~").split("=")[0] == "dataset" for a in args):
+        return args, None
+    arch = next((a.split("=", 1)[1] for a in args if a.startswith("arch=")), None)
+    if arch is None or not Path(arch).is_file():
+        return args, None  # no arch file: the config check names the problem
     name = recorded_dataset(arch)
-    if name is None or name == cfg.dataset.name:
-        return cfg
-    log.info("dataset=%s, as recorded in %s (pass dataset=... to train on another)", name, arch)
-    return hydra.compose(config_name="retrain", overrides=[*overrides, f"dataset={name}"])
+    if name is None:
+        return args, None
+    if name not in DATASETS:
+        raise ArchError(f"{arch}: metadata records dataset {name!r}, which is not a dataset; valid: "
+                        f"{', '.join(DATASETS)} (pass dataset=NAME to choose one)")
+    return [*args, f"dataset={name}"], f"dataset={name}, as recorded in {arch} (pass dataset=... to train on another)"
 
 
 @hydra.main(version_base=None, config_path="pkg://conf", config_name="retrain")
-def main(cfg: DictConfig) -> None:
-    code = run_cli(lambda: train(with_recorded_dataset(cfg, list(HydraConfig.get().overrides.task)),
-                                 hydra_run_dir()))
+def _retrain(cfg: DictConfig) -> None:
+    if _NOTE:
+        log.info("%s", _NOTE[0])
+    code = run_cli(lambda: train(cfg, hydra_run_dir()))
     if code:
         sys.exit(code)
+
+
+_NOTE: list[str] = []  # main() -> _retrain(): Hydra's task function takes only the config
+
+
+def main() -> None:
+    try:
+        args, note = with_recorded_dataset(sys.argv[1:])
+    except ArchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(USAGE_EXIT)
+    sys.argv[1:] = args
+    _NOTE[:] = [note] if note else []
+    _retrain()
 
 
 if __name__ == "__main__":

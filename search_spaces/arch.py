@@ -116,10 +116,18 @@ class Arch:
         if not path.is_file():
             raise ArchError(f"architecture file not found: {path}")
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            what = " (an ONNX model: pass the arch.json it was exported from)" if path.suffix == ".onnx" else ""
+            raise ArchError(f"{path} is not an architecture JSON file: not UTF-8 text{what} (byte {e.start})") from e
         except json.JSONDecodeError as e:
             raise ArchError(f"{path} is not valid JSON: {e}") from e
-        return arch_from_dict(d)
+        except OSError as e:
+            raise ArchError(f"cannot read architecture file {path}: {e.strerror}") from e
+        try:
+            return arch_from_dict(d)
+        except ArchError as e:
+            raise ArchError(f"{path}: {e}") from e
 
     def with_metadata(self, **kv) -> Arch:
         return replace(self, metadata={**self.metadata, **kv})
