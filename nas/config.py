@@ -456,9 +456,12 @@ def _evaluate_rules(cfg: DictConfig) -> None:
         raise ConfigError("checkpoint is required; valid: PATH/checkpoint.pt written by nas.train or nas.retrain")
 
 
+RESULTS_KEY = "run_dir"  # first column of every results CSV QuadraNAS writes (one row per run folder)
+
+
 def check_results_csv(value: str | None) -> None:
     """``results_csv`` must be a file we can append to later: not a folder, under a writable folder, and
-    (if it exists) a CSV table whose rows are no wider than its header."""
+    (if it exists) a results CSV of ours, never someone else's file to be rewritten."""
     if not value:
         return
     path = Path(value)
@@ -470,24 +473,28 @@ def check_results_csv(value: str | None) -> None:
         raise ConfigError(f"results_csv={value} is invalid: {folder} is not a folder; {valid}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"results_csv={value} is invalid: {folder} is not writable; {valid}")
-    if path.is_file() and path.stat().st_size:
-        problem = _csv_problem(path)
-        if problem:
-            raise ConfigError(f"results_csv={value} is not a CSV table ({problem}); valid: a results CSV written "
-                              "by QuadraNAS, a new file path or null")
+    problem = results_csv_problem(path)
+    if problem:
+        raise ConfigError(f"results_csv={value} {problem}; valid: a results CSV written by QuadraNAS, a new file "
+                          "path or null")
 
 
-def _csv_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be read as a CSV table with one header (as pandas would read it), or None."""
+def results_csv_problem(path: Path) -> str | None:
+    """Why ``path`` is not a results CSV we may rewrite (None if it is ours, empty or absent)."""
+    if not path.is_file() or not path.stat().st_size:
+        return None
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = csv.reader(f, strict=True)
             header = next(rows, [])
             for row in rows:
                 if len(row) > len(header):
-                    return f"line {rows.line_num} has {len(row)} fields, the header {len(header)}"
+                    return f"is not a CSV table (line {rows.line_num} has {len(row)} fields, the header {len(header)})"
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        return f"{type(e).__name__}: {e}"
+        return f"is not a CSV table ({type(e).__name__}: {e})"
+    if header[:1] != [RESULTS_KEY]:
+        return (f"is not a QuadraNAS results CSV (its header starts {','.join(header[:3])!r}, ours with "
+                f"{RESULTS_KEY!r}); it is left as it is")
     return None
 
 
@@ -664,5 +671,28 @@ class CheckConfig(Callback):
         try:
             check_config(config, self.entry)
         except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(USAGE_EXIT) from None
+            _exit_usage(e)
+        self._hold(OmegaConf.select(config, "hydra.run.dir"))  # before Hydra writes .hydra/ and the log there
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._hold(config.hydra.runtime.output_dir)  # a multirun job's folder (a no-op in a single run)
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.entry != "evaluate":
+            from nas.runlock import release
+            release(config.hydra.runtime.output_dir)
+
+    def _hold(self, run_dir: str | None) -> None:
+        """One writer per run folder (:mod:`nas.runlock`); ``nas.evaluate`` locks the checkpoint's folder instead."""
+        from nas.runlock import RunFolderBusy, hold
+        if self.entry == "evaluate" or run_dir is None:  # a config composed without Hydra's node: no folder
+            return
+        try:
+            hold(run_dir)
+        except RunFolderBusy as e:
+            _exit_usage(e)
+
+
+def _exit_usage(e: Exception) -> None:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(USAGE_EXIT) from None

@@ -8,7 +8,6 @@ trainer checkpoint and reports it the same way (``nas.evaluate``).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -17,15 +16,17 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from filelock import FileLock
 from omegaconf import DictConfig
 from torch import nn
 
 from nas import accelerator
 from nas.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_state_dict_checked
-from nas.config import check_config
+from nas.config import RESULTS_KEY, check_config, results_csv_problem
 from nas.data import DataInfo, dataset_config, load_data, make_loader, to_device
 from nas.job import SMALL_INPUT_SIDE, eval_weights
 from nas.loops import evaluate, set_threads
+from nas.runlock import run_folder
 from search_spaces.arch import Arch, build_net
 from search_spaces.families import get_family
 from search_spaces.io import atomic_write_text
@@ -110,7 +111,8 @@ def report(run: EvaluatedRun, eval_cfg: DictConfig, results_csv: str | None) -> 
     dep, space, lut_ok = deployment_arch(arch, run.source, run.model)
     dep_net = build_net(dep)
     results = {
-        "run_dir": str(run.run_dir), "model": run.model, "arch_path": state.get("arch_path"), "space": arch.space,
+        "run_dir": str(Path(run.run_dir).resolve()),  # one spelling, so evaluate replaces retrain's row
+        "model": run.model, "arch_path": state.get("arch_path"), "space": arch.space,
         "choices": list(arch.choices), "first_order": state.get("first_order", False), "init": state.get("init"),
         "notes": state.get("notes", []), "dataset": info.name, "num_test": test.get("n"),
         "top1": test["top1"], "test_loss": test["loss"], "evaluated_weights": run.evaluated,
@@ -155,15 +157,26 @@ def results_row(r: dict) -> dict:
     return row
 
 
-def append_results_row(path: Path, row: dict) -> Path:
-    """Add one row (replacing an earlier row of the same run folder); rewritten atomically under a lock."""
+def append_results_row(path: Path, row: dict, replace_existing: bool = True) -> Path:
+    """Add one row, replacing an earlier row of the same run folder (or keeping it: ``replace_existing=False``).
+
+    The file is rewritten atomically under a lock (``.<name>.lock``, removed on release). Rows already
+    there are kept as written (read and written back as text); a file that is not a results CSV of
+    ours is refused, never rewritten.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        old = pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame()
-        if "run_dir" in old:
-            old = old[old.run_dir != row["run_dir"]]
-        new = pd.DataFrame([row])
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        problem = results_csv_problem(path)
+        if problem:
+            raise ValueError(f"results_csv={path} {problem}")
+        old = (pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() and path.stat().st_size
+               else pd.DataFrame(columns=[RESULTS_KEY]))
+        key = str(row[RESULTS_KEY])
+        if (old[RESULTS_KEY] == key).any():
+            if not replace_existing:
+                return path
+            old = old[old[RESULTS_KEY] != key]
+        new = pd.DataFrame([{k: "" if v is None else str(v) for k, v in row.items()}])
         df = new if old.empty else pd.concat([old, new], ignore_index=True)
         return atomic_write_text(path, df.to_csv(index=False))
 
@@ -196,6 +209,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     path = Path(cfg.checkpoint) if cfg.checkpoint is not None else None
     if path is None:
         raise ValueError("pass checkpoint=PATH/checkpoint.pt (written by nas.train / nas.retrain)")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint={path}: no such file; valid: PATH/checkpoint.pt written by nas.train or "
+                              "nas.retrain")
+    with run_folder(path.parent):  # results.json is rewritten there: not while a run writes the folder
+        return _evaluate(cfg, path)
+
+
+def _evaluate(cfg: DictConfig, path: Path) -> dict:
     state = load_checkpoint(path, kind="net")
     try:
         arch = Arch.from_dict(state["arch"])

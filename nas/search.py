@@ -92,6 +92,7 @@ from nas.loops import (
     wrap_ddp,
 )
 from nas.report import append_results_row
+from nas.runlock import run_folder
 from nas.steps import arch_step, export_ms, lut_tensors, weight_step
 from nas.trainer import param_groups
 from search_spaces.arch import Arch, build_net
@@ -154,9 +155,13 @@ class State:
 
 def search(cfg: DictConfig, run_dir: Path) -> dict:
     """Run (or resume) one search; returns the summary also written into ``arch.json``."""
-    t_start = time.perf_counter()
-    run_dir = Path(run_dir)
     check_config(cfg, "search")
+    with run_folder(run_dir):  # one writer per run folder
+        return _search(cfg, Path(run_dir))
+
+
+def _search(cfg: DictConfig, run_dir: Path) -> dict:
+    t_start = time.perf_counter()
     accel = accelerator.from_config(cfg)
     dist_info = init_distributed(accel)
     set_threads(cfg.threads)
@@ -602,6 +607,8 @@ def _finished(run_dir: Path, config: dict, dist_info: DistInfo) -> dict:
                             run_dir / CHECKPOINT)
     else:  # keep_checkpoint=false deleted it: the export records the config
         check_resume_config(_with_pricing(arch.metadata["config"]), config, run_dir / "arch.json")
+    if dist_info.is_main and config.get("results_csv"):  # a run killed before its row was added gets it now
+        append_results_row(Path(config["results_csv"]), _results_row(arch, run_dir), replace_existing=False)
     if dist_info.is_main:
         log.info("%s already holds a finished search; nothing rewritten\n%s", run_dir,
                  _summary_text(arch, run_dir, arch.metadata["search"]["target_ms"], arch.metadata["search"]["device"]))
@@ -610,7 +617,8 @@ def _finished(run_dir: Path, config: dict, dist_info: DistInfo) -> dict:
 
 def _results_row(arch: Arch, run_dir: Path) -> dict:
     m = arch.metadata
-    row = {"run_dir": str(run_dir), "device": m["search"]["device"], "target_ms": m["search"]["target_ms"]}
+    row = {"run_dir": str(Path(run_dir).resolve()), "device": m["search"]["device"],
+           "target_ms": m["search"]["target_ms"]}
     for name, lat in m["latency_ms"].items():
         row[f"{name}_ms"] = lat["ms"]
     row.update(budget_used=m["budget_used"], derivation=m["derivation"], sampling=m["search"]["sampling"],

@@ -57,6 +57,7 @@ from nas.loops import (
     wrap_ddp,
 )
 from nas.report import EvaluatedRun, report
+from nas.runlock import run_folder
 from search_spaces.arch import Arch, build_net
 from search_spaces.quadratic import set_impl
 from search_spaces.summary import count_params
@@ -114,7 +115,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     ``train.stop_after`` ended this invocation early.
     """
     check_config(cfg, "retrain")
-    run_dir = Path(run_dir)
+    with run_folder(run_dir):  # one writer per run folder
+        return _train(cfg, Path(run_dir))
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict:
     accel = accelerator.from_config(cfg)
     dist_info = init_distributed(accel)
     set_threads(cfg.threads)

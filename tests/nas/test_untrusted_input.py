@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from nas.retrain import with_recorded_dataset
@@ -61,3 +62,90 @@ def test_a_broken_arch_file_fails_before_any_run_folder(tmp_path):
              f"hydra.run.dir={tmp_path / 'run'}")
     assert "arch.json: format: unknown version None; valid:" in _one_error_line(r)
     assert not (tmp_path / "run").exists()
+
+
+# -- one writer per run folder ---------------------------------------------------------------------
+HOLDER = "import sys, time; from nas.runlock import hold; hold(sys.argv[1]); print('held', flush=True); time.sleep(60)"
+
+
+def _holder(run_dir: Path) -> subprocess.Popen:
+    """Another process that holds ``run_dir`` (as a running search would)."""
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_writer_of_a_run_folder_is_refused_before_writing(tmp_path):
+    run = tmp_path / "run"
+    holder = _holder(run)
+    try:
+        r = _cli("nas.search", "dataset=digits", "threads=1", "results_csv=null", f"hydra.run.dir={run}")
+        assert "is in use by another process" in _one_error_line(r)
+        assert sorted(p.name for p in run.iterdir()) == [".run.lock"]  # no .hydra/, no log, no checkpoint
+        from nas.runlock import RunFolderBusy, run_folder
+        with pytest.raises(RunFolderBusy, match="pass another hydra.run.dir"), run_folder(run):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_killed_writer_leaves_no_lock_behind(tmp_path):
+    from nas.runlock import run_folder
+    holder = _holder(tmp_path / "run")
+    holder.kill()  # SIGKILL: no clean-up ran
+    holder.wait()
+    with run_folder(tmp_path / "run"):  # a resume is not blocked
+        pass
+
+
+# -- results rows ------------------------------------------------------------------------------------
+def _search_cfg(*overrides):
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        return compose("search", overrides=["dataset=digits", "dataset.limit=512", "train.warmup_epochs=0",
+                                            "train.epochs=1", "train.batch_size=64", "threads=1", "log_devices=[vpu]",
+                                            "device=vpu", "latency=12ms", "derive.candidates=4",
+                                            "derive.finalists=0", *overrides])
+
+
+@pytest.mark.slow
+def test_a_search_killed_before_its_row_gets_it_on_rerun(tmp_path):
+    from nas.search import search
+    run, csv = tmp_path / "run", tmp_path / "results.csv"
+    search(_search_cfg("results_csv=null"), run)  # arch.json written, no row: as if killed just after it
+    search(_search_cfg(f"results_csv={csv}"), run)  # the rerun of the finished search adds the row
+    text = csv.read_text()
+    rows = pd.read_csv(csv)
+    assert len(rows) == 1 and rows.run_dir[0] == str(run.resolve()) and rows.device[0] == "vpu"
+    search(_search_cfg(f"results_csv={csv}"), run)  # and only once
+    assert csv.read_text() == text
+
+
+def test_a_foreign_csv_is_refused_and_left_as_it_is(tmp_path):
+    from nas.config import ConfigError, check_results_csv
+    from nas.report import append_results_row
+    foreign, text = tmp_path / "o.csv", tmp_path / "notes.txt"
+    foreign.write_text("name,score\nx,1\n")
+    text.write_text("my notes, not a table\nsecond line\n")
+    for path in (foreign, text):
+        before = path.read_bytes()
+        with pytest.raises(ConfigError, match=r"is not a QuadraNAS results CSV .*it is left as it is"):
+            check_results_csv(str(path))
+        with pytest.raises(ValueError, match="is not a QuadraNAS results CSV"):
+            append_results_row(path, {"run_dir": "a", "top1": 0.5})
+        assert path.read_bytes() == before
+    r = _cli("nas.retrain", "model=quadranet25_xxs", "dataset=digits", f"results_csv={foreign}",
+             f"hydra.run.dir={tmp_path / 'run'}")
+    assert "results_csv=" in _one_error_line(r) and not (tmp_path / "run").exists()
+
+
+def test_rows_already_written_keep_their_text(tmp_path):
+    from nas.report import append_results_row
+    csv = tmp_path / "results.csv"
+    append_results_row(csv, {"run_dir": "a", "epochs": 2, "top1": 0.5, "host_ms": None})
+    append_results_row(csv, {"run_dir": "b", "epochs": 3, "top1": 0.25, "extra": "x"})  # a new column
+    append_results_row(csv, {"run_dir": "b", "epochs": 4, "top1": 0.75})  # replaces b's row
+    assert csv.read_text().splitlines() == ["run_dir,epochs,top1,host_ms,extra", "a,2,0.5,,", "b,4,0.75,,"]
+    # the lock stays as one hidden empty file: unlinking a flock file on release could hand two writers the lock
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".results.csv.lock", "results.csv"]
