@@ -1,6 +1,6 @@
 """Latency of an exported architecture on every device profile, with provenance.
 
-    python -m latency.predict arch=PATH/arch.json [device=vpu|all] [format=table|json|csv]
+    python -m latency.predict arch=PATH/arch.json|MODEL [device=vpu|all] [format=table|json|csv]
 
 For each profile: the lookup-table sum (what the search optimised) and the whole network
 priced by the same backend at the profile's deployment shape. ``format=table`` (the default) prints
@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from pathlib import Path
 from typing import TextIO
 
 import hydra
@@ -23,11 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from latency.lut import deployment_space, get_table
 from latency.profiles import load_profile, profile_names, resolve_predictor
 from search_spaces.arch import Arch, ArchError, build_net
-from search_spaces.spaces import space_of
+from search_spaces.quadranet import MODELS, quadranet_arch
+from search_spaces.spaces import in_space, space_of
 
 
 def predict_rows(arch: Arch, devices: list[str]) -> list[dict]:
     space = space_of(arch)
+    if space is not None and not in_space(arch, space):
+        space = None  # ops the space does not offer: no table entries, the whole network is priced
     rows = []
     for name in devices:
         profile = load_profile(name)
@@ -75,13 +79,23 @@ def write_rows(rows: list[dict], arch_path: str, arch: Arch, fmt: str, out: Text
         writer.writerows(records)
 
 
+def load_arch(value: str) -> Arch:
+    """``arch=``: an arch JSON file, or a registered model name (priced at its deployment shape)."""
+    if value in MODELS:
+        return quadranet_arch(value)
+    if not Path(value).is_file():
+        raise ArchError(f"arch={value}: no such file and not a registered model; valid: PATH/arch.json or one of "
+                        f"{', '.join(MODELS)}")
+    return Arch.load(value)
+
+
 def run(cfg: DictConfig) -> int:
     """Print the rows ``cfg`` asks for (``conf/tools/predict.yaml``); a bad value is one line on stderr, exit 2."""
     try:
         if OmegaConf.is_missing(cfg, "arch"):
             raise ValueError("missing arch=PATH/arch.json")
         fmt = parse_format(str(cfg.format))
-        arch = Arch.load(str(cfg.arch))
+        arch = load_arch(str(cfg.arch))
         device = str(cfg.device)
         devices = profile_names() if device == "all" else [load_profile(device).name]
     except (ValueError, ArchError) as e:

@@ -1,7 +1,7 @@
 """Command-line glue shared by the entry points (``nas.search``, ``nas.retrain``, ``nas.train``, ``nas.evaluate``).
 
 :func:`run_cli` turns the errors a user can fix into one ``error: ...`` line on stderr and an exit
-code (2 for bad input, 1 when training diverged) instead of a traceback.
+code (2 for bad input or a write the system refused, 1 when training diverged) instead of a traceback.
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ def run_cli(fn: Callable[[], object]) -> int:
         return 1
     except USAGE_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only folder, a full disk: writes are atomic, so nothing is half-written
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; files already written are intact: fix it and rerun in the same "
+              "run folder to resume", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; lower train.batch_size, dataset.limit or threads", file=sys.stderr)
         return 2
     finally:
         finish_distributed(ok)

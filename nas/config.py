@@ -121,6 +121,14 @@ POSITIVE = Range(0, lo_open=True)
 UNIT = Range(0, 1)  # [0, 1]
 UNIT_OPEN = Range(0, 1, lo_open=True, hi_open=True)  # (0, 1)
 UNIT_RIGHT_OPEN = Range(0, 1, hi_open=True)  # [0, 1)
+FLOAT32_MAX = 3.4028234663852886e38
+LEARNING_RATE = Range(0, FLOAT32_MAX, lo_open=True)  # the optimizers hold it as a float32
+SEED = Range(0, 2**32 - 1)  # numpy's seed range (random, numpy and torch are all seeded with it)
+MAX_THREADS = 4 * (os.cpu_count() or 1)  # more threads than this only oversubscribe the cores
+THREADS = Range(1, MAX_THREADS)
+MAX_CANDIDATES = 1024  # derive.candidates: each is scored in the supernet (1024 take minutes on 2 cores)
+CANDIDATES = Range(1, MAX_CANDIDATES)
+THREADS_TEXT = f"null (all cores) or an integer in [1, {MAX_THREADS}] (4 per core of this machine)"
 
 
 def opt(rng: Range | None = None, *, default: Any = MISSING, length: int | None = None,
@@ -240,7 +248,7 @@ class SearchTrainConfig:
     warmup_epochs: int = opt(AT_LEAST_0)
     epochs: int = opt(AT_LEAST_0)
     optimizer: WeightOptimizer = opt()
-    lr: float = opt(POSITIVE)
+    lr: float = opt(LEARNING_RATE)
     weight_decay: float = opt(AT_LEAST_0)
     momentum: float = opt(UNIT_OPEN)
     sampling: Sampling = opt()
@@ -256,7 +264,7 @@ class ArchStepConfig:
     """``arch:`` of conf/search.yaml: the architecture parameters' optimizer."""
 
     optimizer: ArchOptimizer = opt()
-    lr: float = opt(POSITIVE)
+    lr: float = opt(LEARNING_RATE)
     every: int = opt(AT_LEAST_1)
     skip_first_joint_epoch: bool = opt()
 
@@ -267,9 +275,9 @@ class DeriveConfig:
 
     method: DeriveMethod = opt()
     min_fraction: float = opt(UNIT)
-    candidates: int = opt(AT_LEAST_1)
+    candidates: int = opt(CANDIDATES)
     eval_images: int = opt(AT_LEAST_1)
-    finalists: int = opt(AT_LEAST_0, default=DEFAULT_FINALISTS)
+    finalists: int = opt(Range(0, MAX_CANDIDATES), default=DEFAULT_FINALISTS)
     train_epochs: float = opt(POSITIVE, default=DEFAULT_TRAIN_EPOCHS)
     without_search: bool = opt()
 
@@ -284,10 +292,10 @@ class SearchConfig:
     dataset: DatasetConfig = opt()
     loss: LossConfig = opt()
     latency: Any = opt(describe="a latency with a unit, e.g. 30ms, 0.03s, 300us")
-    seed: int = opt()
+    seed: int = opt(SEED)
     mode: Mode = opt()
     log_devices: list[str] = opt(choices=device_names)
-    threads: int | None = opt(AT_LEAST_1)
+    threads: int | None = opt(THREADS, describe=THREADS_TEXT)
     accelerator: AcceleratorName = opt(default="auto")
     precision: Any = opt(default="32", describe=", ".join(PRECISIONS))
     channels_last: bool = opt(default=False)
@@ -306,7 +314,7 @@ class RetrainTrainConfig:
 
     epochs: int = opt(AT_LEAST_0)
     batch_size: int = opt(AT_LEAST_1)
-    lr: float = opt(POSITIVE)
+    lr: float = opt(LEARNING_RATE)
     weight_decay: float = opt(AT_LEAST_0)
     warmup_epochs: float = opt(AT_LEAST_0)
     grad_clip: float = opt(POSITIVE)
@@ -344,8 +352,8 @@ class RetrainConfig:
     model: ModelName | None = opt()
     first_order: bool = opt()
     init: str = opt(describe=f"{', '.join(INIT_WORDS)} or PATH/checkpoint.pt")
-    seed: int = opt()
-    threads: int | None = opt(AT_LEAST_1)
+    seed: int = opt(SEED)
+    threads: int | None = opt(THREADS, describe=THREADS_TEXT)
     accelerator: AcceleratorName = opt(default="auto")
     precision: Any = opt(default="32", describe=", ".join(PRECISIONS))
     channels_last: bool = opt(default=False)
@@ -362,7 +370,7 @@ class EvaluateConfig:
 
     dataset: DatasetConfig | None = opt(default=None)
     checkpoint: str | None = opt(describe="PATH/checkpoint.pt written by nas.train or nas.retrain")
-    threads: int | None = opt(AT_LEAST_1)
+    threads: int | None = opt(THREADS, describe=THREADS_TEXT)
     accelerator: AcceleratorName = opt(default="auto")
     precision: Any = opt(default="32", describe=", ".join(PRECISIONS))
     channels_last: bool = opt(default=False)
@@ -684,12 +692,12 @@ class CheckConfig(Callback):
 
     def _hold(self, run_dir: str | None) -> None:
         """One writer per run folder (:mod:`nas.runlock`); ``nas.evaluate`` locks the checkpoint's folder instead."""
-        from nas.runlock import RunFolderBusy, hold
+        from nas.runlock import RunFolderError, hold
         if self.entry == "evaluate" or run_dir is None:  # a config composed without Hydra's node: no folder
             return
         try:
             hold(run_dir)
-        except RunFolderBusy as e:
+        except RunFolderError as e:
             _exit_usage(e)
 
 

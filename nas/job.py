@@ -20,9 +20,7 @@ from nas.data import DataInfo
 from search_spaces.arch import Arch, ArchError, build_net
 from search_spaces.blocks import parse_op
 from search_spaces.quadranet import MODELS, quadranet_arch
-from search_spaces.spaces import space_from_config
-
-SMALL_INPUT_SIDE = 32  # inputs up to 32x32 get a stride-2 stem, larger ones stride 4 (as QuadraNet's)
+from search_spaces.spaces import space_from_config, stem_stride_for
 
 
 @dataclass
@@ -52,11 +50,6 @@ def first_order_twin(arch: Arch) -> Arch:
     return Arch(arch.space, arch.macro, choices, {"first_order_twin": True})
 
 
-def stem_stride_for(input_shape: tuple[int, ...]) -> int:
-    """The stem stride a network gets at this input size (``model=`` and re-shaped arch files alike)."""
-    return 2 if max(input_shape[1:]) <= SMALL_INPUT_SIDE else 4
-
-
 def adapt_macro(arch: Arch, info: DataInfo) -> tuple[Arch, str | None]:
     """The arch at the dataset's input shape and class count (stages and choices kept).
 
@@ -84,6 +77,19 @@ def recorded_dataset(arch_path: str | Path) -> str | None:
     return str(name) if name else None
 
 
+@torch.no_grad()
+def check_runs(arch: Arch, label: str) -> None:
+    """One forward at the architecture's own input shape, so that maps shrunk below a kernel (a 224-pixel
+    stem stride on 28x28 images, say) fail here with the input and stride named, not in the first step."""
+    shape = tuple(arch.macro.input_shape)
+    try:
+        build_net(arch).eval()(torch.zeros(1, *shape))
+    except RuntimeError as e:
+        raise ArchError(f"{label}: the network does not run at input {list(shape)} with stem stride "
+                        f"{arch.macro.stem_stride} ({str(e).splitlines()[0]}); at this input size use stem stride "
+                        f"{stem_stride_for(shape)}") from None
+
+
 def resolve_job(cfg: DictConfig, info: DataInfo) -> Job:
     """The network ``arch=`` or ``model=`` names, at the dataset's shape (first-order twin if asked)."""
     arch_path, model = cfg.get("arch"), cfg.get("model")
@@ -101,6 +107,7 @@ def resolve_job(cfg: DictConfig, info: DataInfo) -> Job:
         source, note = adapt_macro(source, info)
         notes = [note] if note else []
     arch = first_order_twin(source) if cfg.first_order else source
+    check_runs(arch, str(arch_path or model))
     return Job(arch, source, model, str(arch_path) if arch_path is not None else None, bool(cfg.first_order), notes)
 
 

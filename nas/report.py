@@ -24,14 +24,14 @@ from nas import accelerator
 from nas.checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_state_dict_checked
 from nas.config import RESULTS_KEY, check_config, results_csv_problem
 from nas.data import DataInfo, dataset_config, load_data, make_loader, to_device
-from nas.job import SMALL_INPUT_SIDE, eval_weights
+from nas.job import eval_weights
 from nas.loops import evaluate, set_threads
 from nas.runlock import run_folder
 from search_spaces.arch import Arch, build_net
 from search_spaces.families import get_family
 from search_spaces.io import atomic_write_text
 from search_spaces.quadranet import quadranet_arch
-from search_spaces.spaces import SearchSpace, space_of
+from search_spaces.spaces import SMALL_INPUT_SIDE, SearchSpace, in_space, space_of
 from search_spaces.summary import count_macs, count_params
 
 log = logging.getLogger("nas.report")
@@ -71,8 +71,7 @@ def deployment_arch(arch: Arch, source: Arch, model: str | None) -> tuple[Arch, 
         stem = deploy_stride if deploy_stride and small and m.stem_stride < deploy_stride else m.stem_stride
         macro = replace(m, input_shape=DEPLOY_INPUT, num_classes=DEPLOY_CLASSES, stem_stride=stem)
     dep = Arch(arch.space, macro, arch.choices)
-    lut_ok = space is not None and all(c in cands for c, cands in zip(arch.choices, space.all_candidates(),
-                                                                           strict=True))
+    lut_ok = space is not None and in_space(arch, space)
     return dep, space, lut_ok
 
 
@@ -210,8 +209,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if path is None:
         raise ValueError("pass checkpoint=PATH/checkpoint.pt (written by nas.train / nas.retrain)")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint={path}: no such file; valid: PATH/checkpoint.pt written by nas.train or "
-                              "nas.retrain")
+        raise CheckpointError(f"no checkpoint at {path}; valid: checkpoint=PATH/checkpoint.pt written by nas.train "
+                              "or nas.retrain")
     with run_folder(path.parent):  # results.json is rewritten there: not while a run writes the folder
         return _evaluate(cfg, path)
 

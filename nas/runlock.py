@@ -22,7 +22,11 @@ from filelock import FileLock, Timeout
 _held: dict[Path, FileLock] = {}  # run folders this process holds
 
 
-class RunFolderBusy(ValueError):
+class RunFolderError(ValueError):
+    """The run folder cannot be written by this run."""
+
+
+class RunFolderBusy(RunFolderError):
     """Another live process is writing the run folder."""
 
 
@@ -36,13 +40,16 @@ def hold(run_dir: str | os.PathLike) -> bool:
     key = Path(run_dir).resolve()
     if key in _held:
         return False
-    key.mkdir(parents=True, exist_ok=True)
     lock = FileLock(lock_path(key), timeout=0)
     try:
+        key.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
         raise RunFolderBusy(f"run folder {key} is in use by another process (it holds {lock_path(key).name}); "
                             "wait for that run to end, or pass another hydra.run.dir") from None
+    except OSError as e:
+        raise RunFolderError(f"run folder {key} cannot be written ({e.strerror or e}); pass a writable "
+                             "hydra.run.dir") from None
     _held[key] = lock
     return True
 

@@ -13,6 +13,13 @@ from dataclasses import dataclass, replace
 from search_spaces.arch import Arch, LayerSpec, Macro, Stage
 from search_spaces.blocks import SKIP_OPS, parse_op
 
+SMALL_INPUT_SIDE = 32  # inputs up to 32x32 get a stride-2 stem, larger ones stride 4 (as QuadraNet's)
+
+
+def stem_stride_for(input_shape: tuple[int, ...]) -> int:
+    """The stem stride a network gets at this input size (``model=``, re-shaped arch files and spaces alike)."""
+    return 2 if max(input_shape[1:]) <= SMALL_INPUT_SIDE else 4
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -51,9 +58,14 @@ class SearchSpace:
 
     def with_input(self, input_shape: tuple[int, int, int], num_classes: int,
                    stem_stride: int | None = None) -> SearchSpace:
-        """The same space at another input size (e.g. a 28x28 training proxy)."""
-        macro = replace(self.macro, input_shape=tuple(input_shape), num_classes=num_classes,
-                        stem_stride=stem_stride or self.macro.stem_stride)
+        """The same space at another input size (e.g. a 28x28 training proxy).
+
+        Without ``stem_stride``, a new input size gets the stride :func:`stem_stride_for` picks for it (a
+        224-pixel stem of stride 4 would shrink 28x28 maps below the last stage's kernels).
+        """
+        same_size = tuple(input_shape[1:]) == tuple(self.macro.input_shape[1:])
+        stride = stem_stride or (self.macro.stem_stride if same_size else stem_stride_for(input_shape))
+        macro = replace(self.macro, input_shape=tuple(input_shape), num_classes=num_classes, stem_stride=stride)
         return replace(self, macro=macro)
 
 
@@ -122,3 +134,10 @@ def space_of(arch: Arch) -> SearchSpace | None:
     m, s = arch.macro, space.macro
     same = (m.family, m.stages, m.stem_width, m.head_width) == (s.family, s.stages, s.stem_width, s.head_width)
     return space if same and len(space.layers()) == len(arch.choices) else None
+
+
+def in_space(arch: Arch, space: SearchSpace) -> bool:
+    """Every choice of ``arch`` is a candidate of ``space`` (so its lookup tables price it layer by layer).
+    An op the family builds but the space does not offer (``quadra_k9_e8``) is a valid network outside it."""
+    return all(c in cands for c, cands in zip(arch.choices, space.all_candidates(), strict=True))
+

@@ -149,3 +149,111 @@ def test_rows_already_written_keep_their_text(tmp_path):
     assert csv.read_text().splitlines() == ["run_dir,epochs,top1,host_ms,extra", "a,2,0.5,,", "b,4,0.75,,"]
     # the lock stays as one hidden empty file: unlinking a flock file on release could hand two writers the lock
     assert sorted(p.name for p in tmp_path.iterdir()) == [".results.csv.lock", "results.csv"]
+
+
+# -- one line instead of a traceback -------------------------------------------------------------------
+def _retrain_cfg(*overrides):
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        return compose("retrain", overrides=["dataset=digits", "dataset.limit=256", "threads=1", "results_csv=null",
+                                             "train.batch_size=64", "eval.profiles=[]", "eval.host_latency=false",
+                                             "eval.onnx=false", "eval.every_epoch=false", *overrides])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.lr=1e39", r"^train.lr=1e\+39 is invalid; valid: a number in \(0, 3.40282e\+38\]$"),
+    ("threads=100000", r"^threads=100000 is invalid; valid: null \(all cores\) or an integer in \[1, \d+\]"),
+    ("seed=-1", r"^seed=-1 is invalid; valid: an integer in \[0, 4.29497e\+09\]$"),
+    ("seed=123456789012345678901", r"^seed=123456789012345678901 is invalid; valid: an integer in \[0,"),
+    ("derive.candidates=100000000000", r"^derive.candidates=100000000000 is invalid; valid: an integer in \[1, 1024\]"),
+])
+def test_out_of_range_values_name_the_key_and_the_valid_range(override, match):
+    from nas.config import ConfigError, check_config
+    with pytest.raises(ConfigError, match=match):
+        check_config(_search_cfg(override), "search")
+
+
+def test_a_write_the_system_refuses_is_one_line_and_loses_nothing(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import search_spaces.io
+    from nas.cli import run_cli
+    from nas.trainer import train
+    run = tmp_path / "run"
+    _digits_arch().save(tmp_path / "arch.json")
+    cfg = _retrain_cfg(f"arch={tmp_path / 'arch.json'}", "train.epochs=1")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(search_spaces.io.os, "fsync", full_disk)
+    assert run_cli(lambda: train(cfg, run)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]  # not the bar
+    assert err == [f"error: No space left on device ({run / 'checkpoint.pt'}); files already written are intact: "
+                   "fix it and rerun in the same run folder to resume"]
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no half-written file left
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    from filelock import FileLock
+
+    from nas.runlock import RunFolderError, hold
+
+    def refused(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".run.lock"))
+    monkeypatch.setattr(FileLock, "acquire", refused)  # what a read-only folder does (root ignores chmod)
+    with pytest.raises(RunFolderError, match=r"cannot be written \(Permission denied\); pass a writable"):
+        hold(tmp_path / "ro")
+
+
+def test_a_search_diverging_before_any_checkpoint_says_so(tmp_path):
+    from nas.loops import TrainingDiverged
+    from nas.search import search
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written yet and nothing is exported"):
+        search(_search_cfg("results_csv=null", "train.lr=1e6", "train.grad_clip=1e9", "train.optimizer=sgd"),
+               tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+# -- architecture files: what is valid, and where it runs -------------------------------------------------
+def test_an_op_outside_the_space_is_priced_whole_and_trains(tmp_path):
+    from latency.predict import predict_rows
+    from nas.data import DataInfo
+    from nas.job import resolve_job
+    arch = get_space("quadra").random_arch(0)
+    arch = Arch(arch.space, arch.macro, ("quadra_k9_e8",) + arch.choices[1:])  # the family builds it
+    (row,) = predict_rows(arch, ["vpu"])
+    assert row["table_ms"] is None and row["whole_net_ms"] > 0  # no table entry: the whole network is priced
+    arch.save(tmp_path / "arch.json")
+    job = resolve_job(_retrain_cfg(f"arch={tmp_path / 'arch.json'}"), DataInfo("digits", (1, 16, 16), 10, 1, 1))
+    assert job.arch.choices[0] == "quadra_k9_e8"
+
+
+def test_a_small_input_gets_a_small_stem_stride_or_a_clear_refusal(tmp_path):
+    from nas.data import DataInfo
+    from nas.job import resolve_job
+    space = get_space("quadra")
+    assert space.with_input((1, 28, 28), 10).macro.stem_stride == 2  # the public API picks it by size
+    assert space.with_input((3, 224, 224), 10).macro.stem_stride == 4
+    big = get_space("quadra").with_input((1, 28, 28), 10, 4)  # a hand-made file keeping the 224-px stride
+    big.arch(tuple("quadra_k7_e4" for _ in big.layers())).save(tmp_path / "arch.json")
+    with pytest.raises(ArchError, match=r"does not run at input \[1, 28, 28\] with stem stride 4 .*use stem stride 2"):
+        resolve_job(_retrain_cfg(f"arch={tmp_path / 'arch.json'}"), DataInfo("fashion_mnist", (1, 28, 28), 10, 1, 1))
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"\x08\x07ONNX\xff\xfe binary", r"model.onnx is not an architecture JSON file: not UTF-8 text \(an ONNX model"),
+    (b"\xff\xd8\xff garbage", r"model.onnx is not an architecture JSON file: not UTF-8 text"),
+])
+def test_predict_names_a_file_that_is_not_an_arch(tmp_path, content, match):
+    from latency.predict import load_arch
+    (tmp_path / "model.onnx").write_bytes(content)
+    with pytest.raises(ArchError, match=match):
+        load_arch(str(tmp_path / "model.onnx"))
+
+
+def test_predict_takes_a_model_name_and_names_the_choices_otherwise():
+    from latency.predict import load_arch
+    assert load_arch("quadranet25_xxs").macro.input_shape == (3, 224, 224)
+    with pytest.raises(ArchError, match=r"arch=quadranet36_tt: no such file and not a registered model; valid: "
+                                        r"PATH/arch.json or one of .*quadranet25_xxs"):
+        load_arch("quadranet36_tt")
