@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -13,8 +15,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from nas.accelerator import Accelerator
+from nas.accelerator import Accelerator, shares_gpus
 from nas.data import make_loader
+
+T = TypeVar("T")
 
 
 class TrainingDiverged(RuntimeError):
@@ -99,13 +103,14 @@ class DistInfo:
 
 def init_distributed(accel: Accelerator | None = None) -> DistInfo:
     """Join the process group when started by torchrun: NCCL when training on CUDA (one process per GPU,
-    ``accel`` already on this process's ``LOCAL_RANK`` GPU), gloo on the CPU."""
+    ``accel`` already on this process's ``LOCAL_RANK`` GPU), gloo on the CPU and when processes share a GPU
+    (NCCL fails with 'Duplicate GPU' there; see :func:`nas.accelerator.shares_gpus`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        cuda = accel is not None and accel.is_cuda
-        dist.init_process_group("nccl" if cuda else "gloo", device_id=accel.device if cuda else None)
+        nccl = accel is not None and accel.is_cuda and not shares_gpus()
+        dist.init_process_group("nccl" if nccl else "gloo", device_id=accel.device if nccl else None)
     return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
@@ -127,12 +132,64 @@ def finish_distributed(ok: bool = True) -> None:
         dist.destroy_process_group()
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _flat_groups(tensors: list[torch.Tensor]) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+    """The tensors grouped by dtype and device, each group flattened into one new buffer (in order)."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    return [(ts, torch.cat([t.reshape(-1) for t in ts])) for ts in groups.values()]
+
+
+def _unflatten_(tensors: list[torch.Tensor], flat: torch.Tensor) -> None:
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+        t.copy_(part.view(t.shape))
+
+
 def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
-    if dist.is_available() and dist.is_initialized():
-        world = dist.get_world_size()
-        for t in tensors:
-            dist.all_reduce(t)
-            t.div_(world)
+    """Average ``tensors`` over the processes in place, in ONE all-reduce per dtype (not one per tensor)."""
+    if not _distributed() or not tensors:
+        return
+    world = dist.get_world_size()
+    for ts, flat in _flat_groups(tensors):
+        dist.all_reduce(flat)
+        _unflatten_(ts, flat.div_(world))
+
+
+def broadcast_(tensors: list[torch.Tensor], src: int = 0) -> None:
+    """Rank ``src``'s values into ``tensors`` on every process, in one broadcast per dtype."""
+    if not _distributed() or not tensors:
+        return
+    for ts, flat in _flat_groups(tensors):
+        dist.broadcast(flat, src)
+        _unflatten_(ts, flat)
+
+
+def rank0_builds(build: Callable[[], T], dump: Callable[[T], object], load: Callable[[object], T],
+                 dist_info: DistInfo) -> T:
+    """``build()`` on rank 0 only; the others wait for it and get its result (``dump`` to plain data, sent with
+    ``broadcast_object_list``, which is the barrier, then ``load``): one measurement, the same on every rank
+    (ranks that each timed a measured profile on shared cores would get different tables). An error on rank 0
+    is raised on every rank, so none waits for a result that never comes."""
+    if not dist_info.enabled:
+        return build()
+    payload: list[object] = [None]
+    error = None
+    if dist_info.is_main:
+        try:
+            payload = [("ok", dump(build()))]
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks were told
+            error, payload = e, [("error", f"{type(e).__name__}: {e}")]
+    dist.broadcast_object_list(payload, src=0)
+    if error is not None:
+        raise error
+    status, data = payload[0]
+    if status != "ok":
+        raise RuntimeError(f"rank 0 failed before this rank could continue: {data}")
+    return load(data)
 
 
 def set_threads(threads: int | None) -> None:

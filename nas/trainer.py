@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -103,8 +104,52 @@ def compute_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: fl
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
 
-def _finite(x: torch.Tensor) -> bool:
-    return bool(torch.isfinite(x).all())
+@dataclass(frozen=True)
+class _Read:
+    """One training step's statistics, read back to the host."""
+
+    index: int  # in the epoch
+    step: int  # global, before the step
+    lr: float
+    loss: float
+    grad_norm: float | None
+    correct: int
+    bad: bool  # non-finite loss (or gradient norm, unless the loss scaler expects overflows), on any rank
+
+
+class _Window:
+    """The last steps' statistics, kept on the device and read in ONE host read (with, under DDP, one
+    all-reduce of the divergence flags) by :meth:`flush`: the GPU never waits for a step's loss."""
+
+    def __init__(self, accel, distributed: bool) -> None:
+        self.accel, self.distributed = accel, distributed
+        self.host: list[tuple[int, int, float, int]] = []
+        self.values: list[torch.Tensor] = []
+        self.has_norm = True
+
+    def add(self, index: int, step: int, lr: float, n: int, loss: torch.Tensor, grad_norm: torch.Tensor | None,
+            correct: torch.Tensor) -> None:
+        bad = ~torch.isfinite(loss)
+        if grad_norm is not None and not self.accel.overflow_expected:
+            bad = bad | ~torch.isfinite(grad_norm)
+        self.has_norm = grad_norm is not None
+        norm = grad_norm if grad_norm is not None else torch.zeros((), device=loss.device)
+        self.host.append((index, step, lr, n))
+        self.values.append(torch.stack([bad.double(), loss.double(), norm.double(), correct.double()]))
+
+    def flush(self) -> list[tuple[int, _Read]]:
+        if not self.values:
+            return []
+        table = torch.stack(self.values)
+        if self.distributed:  # every rank stops at the same step when any diverged
+            bad = table[:, 0].contiguous()
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+            table[:, 0] = bad
+        rows = table.cpu().numpy().tolist()
+        out = [(n, _Read(i, step, lr, loss, norm if self.has_norm else None, int(correct), bool(bad)))
+               for (i, step, lr, n), (bad, loss, norm, correct) in zip(self.host, rows, strict=True)]
+        self.host, self.values = [], []
+        return out
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -216,6 +261,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not dist_info.is_main, leave=False)
+        window = _Window(accel, dist_info.enabled)
         for i, (x, y) in enumerate(accel.batches(bar)):
             lr = cosine_lr(tc.lr, step, total_steps, warmup_steps)
             set_lr(optimizer, lr)
@@ -223,27 +269,27 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
                 logits = ddp(x)
                 loss = compute_loss(logits, y, tc.label_smoothing)
             grad_norm = accel.backward(loss, optimizer, model.parameters(), tc.grad_clip)
-            ok = _finite(loss.detach()) and (accel.overflow_expected or _finite(grad_norm))
-            bad = torch.tensor(float(not ok), device=accel.device)
-            if dist_info.enabled:
-                dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-            if bad.item():
-                kept = (f"the last good checkpoint (after epoch {start_epoch + ran}) is kept in {ckpt_path}"
-                        if ckpt_path.exists() else "no checkpoint was written yet")
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} (gradient norm {grad_norm.item()}) at epoch {epoch + 1}, step {i + 1} "
-                    f"of {steps_per_epoch} (global step {step + 1}, lr {lr:.3g}); {kept}. "
-                    "Lower train.lr or raise train.warmup_epochs")
-            accel.apply(optimizer)
+            window.add(i, step, lr, len(y), loss.detach(), grad_norm, (logits.argmax(1) == y).sum())
+            accel.apply(optimizer)  # a non-finite step is caught at the next read, before anything is saved
             step += 1
             if ema is not None:
                 ema.update(model)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
+            if (i + 1) % tb.STEP_EVERY and i + 1 < steps_per_epoch:
+                continue
+            for n, read in window.flush():  # the loop's one host read every tb.STEP_EVERY steps
+                if read.bad:
+                    kept = (f"the last good checkpoint (after epoch {start_epoch + ran}) is kept in {ckpt_path}"
+                            if ckpt_path.exists() else "no checkpoint was written yet")
+                    raise TrainingDiverged(
+                        f"loss is {read.loss} (gradient norm {read.grad_norm}) at epoch {epoch + 1}, step "
+                        f"{read.index + 1} of {steps_per_epoch} (global step {read.step + 1}, lr {read.lr:.3g}); "
+                        f"{kept}. Lower train.lr or raise train.warmup_epochs")
+                loss_sum += read.loss * n
+                correct += read.correct
+                seen += n
+                tb.log_step(writer, read.step + 1, train=read.loss)
             if dist_info.is_main and (i + 1) % 10 == 0:
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.2e}")
-            tb.log_step(writer, step, train=loss.item())
         train_time += time.perf_counter() - t0
         ran += 1
         row = {"epoch": epoch + 1, "step": step, "lr": lr,

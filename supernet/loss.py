@@ -53,8 +53,12 @@ class LatencyLoss(nn.Module):
         return ce
 
     @torch.no_grad()
-    def update(self, export_ms: float) -> None:
-        """Adapt the constraint weight from the exported architecture's latency (other kinds: no-op)."""
+    def update(self, export_ms: float | torch.Tensor) -> None:
+        """Adapt the constraint weight from the exported architecture's latency (other kinds: no-op). A tensor
+        stays on its device (no host read); the step is rounded to the weight's dtype as a python float is."""
         if self.kind == "constraint":
-            step = self.eta * (float(export_ms) - self.target_ms) / self.target_ms
+            e = export_ms if isinstance(export_ms, torch.Tensor) else float(export_ms)
+            step = self.eta * (e - self.target_ms) / self.target_ms
+            if isinstance(step, torch.Tensor):
+                step = step.to(self.weight.dtype)
             self.weight.copy_(torch.clamp(self.weight + step, 0.0, self.weight_max))

@@ -31,6 +31,7 @@ and the formula above is unchanged by adding the same ``<x, dL/dy>`` to every ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,29 @@ from torch import nn
 
 MODES = ("two", "full_v2", "full")
 SAMPLINGS = ("proxyless", "uniform")  # how weight steps draw their path
+
+
+def host_ints(t: torch.Tensor) -> list[int]:
+    """The values of a tensor that lives on the host (a draw from a CPU generator). ``.numpy()`` fails on a
+    device tensor, so this can never wait for a GPU (and host-read counters leave it out)."""
+    return t.numpy().tolist()
+
+
+def _alpha_key(alpha: torch.Tensor) -> tuple[int, int]:
+    """Changes whenever the logits do: in-place updates (optimizer steps, rescale, load_state_dict) bump the
+    version counter, a new tensor has a new address."""
+    return alpha.data_ptr(), alpha._version
+
+
+def prefetch_host(layers: Sequence[MixedOp]) -> bool:
+    """Copy the logits and probabilities of every layer whose host copy is stale to the host in ONE read (on a
+    GPU one sync per architecture update instead of one per layer per step); returns whether all are finite."""
+    stale = [m for m in layers if not m.host_fresh()]
+    if stale:
+        flat = torch.cat([torch.cat([m.alpha.detach(), F.softmax(m.alpha.detach(), dim=0)]) for m in stale]).cpu()
+        for m, part in zip(stale, flat.split([2 * len(m.candidates) for m in stale]), strict=True):
+            m.set_host(part)
+    return all(bool(torch.isfinite(m.host_arch()[1]).all().numpy()) for m in layers)
 
 
 @dataclass(frozen=True)
@@ -96,6 +120,22 @@ class MixedOp(nn.Module):
         self.names = tuple(names)
         self.alpha = nn.Parameter(torch.randn(len(candidates)) * 1e-3)  # N(0, 1e-3), as the paper
         self.sample: Sample | None = None
+        self._host: tuple[tuple[int, int], torch.Tensor, torch.Tensor] | None = None  # key, alpha, p on the host
+
+    def host_fresh(self) -> bool:
+        return self._host is not None and self._host[0] == _alpha_key(self.alpha)
+
+    def set_host(self, alpha_and_p: torch.Tensor) -> None:
+        """Store a host copy of ``cat([alpha, softmax(alpha)])`` taken from the current logits."""
+        n = len(self.candidates)
+        self._host = (_alpha_key(self.alpha), alpha_and_p[:n], alpha_and_p[n:])
+
+    def host_arch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and probabilities on the host, read once per change of the logits (see prefetch_host)."""
+        if not self.host_fresh():
+            a = self.alpha.detach()
+            self.set_host(torch.cat([a, F.softmax(a, dim=0)]).cpu())
+        return self._host[1], self._host[2]
 
     def probs(self) -> torch.Tensor:
         return F.softmax(self.alpha, dim=0)
@@ -108,20 +148,22 @@ class MixedOp(nn.Module):
             raise ValueError(f"unknown binary-gate mode {mode!r}; valid: {', '.join(MODES)}")
         if sampling not in SAMPLINGS:
             raise ValueError(f"unknown weight sampling {sampling!r}; valid: {', '.join(SAMPLINGS)}")
-        p = self.probs().detach().cpu()  # draws on the CPU generator, whatever device the logits are on
         n = len(self.candidates)
-        if kind == "weight" and sampling == "uniform":
-            p = torch.full_like(p, 1.0 / n)
+        # draws on the CPU generator, whatever device the logits are on, from a host copy read once per update
+        if kind == "weight" and sampling == "uniform" or n == 1:
+            p = torch.full((n,), 1.0 / n, dtype=self.alpha.dtype)
+        else:
+            alpha_host, p = self.host_arch()
         if kind == "weight" or n == 1:
-            active = int(torch.multinomial(p, 1, generator=generator))
+            active = host_ints(torch.multinomial(p, 1, generator=generator))[0]
             self.sample = Sample(active, (active,), None)
             return self.sample
         if kind != "arch":
             raise ValueError(f"unknown step kind {kind!r}; valid: weight, arch")
         if mode == "two":
-            pair = torch.multinomial(p, 2, replacement=False, generator=generator).tolist()
+            pair = host_ints(torch.multinomial(p, 2, replacement=False, generator=generator))
             q = F.softmax(self.alpha[pair], dim=0)
-            c = int(torch.multinomial(q.detach().cpu(), 1, generator=generator))
+            c = host_ints(torch.multinomial(F.softmax(alpha_host[pair], dim=0), 1, generator=generator))[0]
             onehot = torch.zeros_like(q)
             onehot[c] = 1.0
             gates = torch.zeros_like(self.alpha).index_put((torch.tensor(pair, device=q.device),),
@@ -129,7 +171,7 @@ class MixedOp(nn.Module):
             self.sample = Sample(pair[c], tuple(pair), gates, mode, self.alpha.detach()[pair].clone())
         else:
             q = self.probs()
-            active = int(torch.multinomial(q.detach().cpu(), 1, generator=generator))
+            active = host_ints(torch.multinomial(p, 1, generator=generator))[0]
             gates = q + (F.one_hot(torch.tensor(active), n).to(q) - q).detach()
             self.sample = Sample(active, tuple(range(n)), gates, mode)
         return self.sample

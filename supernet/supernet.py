@@ -17,7 +17,7 @@ from search_spaces.arch import Arch, LayerSpec, Net
 from search_spaces.blocks import LAYER_SCALE_INIT, make_op
 from search_spaces.families import get_family
 from search_spaces.spaces import SearchSpace
-from supernet.mixed import SAMPLINGS, MixedOp
+from supernet.mixed import SAMPLINGS, MixedOp, host_ints, prefetch_host
 
 # how weight steps draw their path: per layer (SAMPLINGS, see supernet.mixed) or, ``band``, one whole
 # architecture from a pool the caller drew inside the latency band (see Supernet.pin_one_of)
@@ -56,6 +56,8 @@ class Supernet(nn.Module):
     # -- sampling -----------------------------------------------------------------------
     def resample(self, kind: str, mode: str = "two", generator: torch.Generator | None = None,
                  sampling: str = "proxyless") -> None:
+        if not (kind == "weight" and sampling == "uniform"):
+            prefetch_host(self.mixed_ops())  # every layer's probabilities in one host read
         for m in self.mixed_ops():
             m.resample(kind, mode, generator, sampling)
 
@@ -76,7 +78,7 @@ class Supernet(nn.Module):
         budget holds ~5)."""
         if not pool:
             raise ValueError("pin_one_of needs a non-empty pool of architectures")
-        i = int(torch.randint(len(pool), (1,), generator=generator))
+        i = host_ints(torch.randint(len(pool), (1,), generator=generator))[0]
         self.pin(pool[i])
         return i
 

@@ -58,7 +58,7 @@ def test_cpu_explicitly_and_auto_on_a_cpu_only_machine():
         assert torch.mm(torch.randn(2, 2), torch.randn(2, 2)).dtype == torch.float32
 
 
-@pytest.mark.parametrize("override,match", [("precision=8", "precision=8 is invalid; valid: 32, bf16, 16"),
+@pytest.mark.parametrize("override,match", [("precision=8", "precision=8 is invalid; valid: 32, tf32, bf16, 16"),
                                             ("accelerator=tpu", "accelerator=tpu is invalid; valid: auto, cpu, cuda")])
 def test_bad_accelerator_options_are_one_line_errors(override, match):
     with pytest.raises(ConfigError, match=match):
