@@ -19,6 +19,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from search_spaces.io import clean_stale_temps_in
+
 _held: dict[Path, FileLock] = {}  # run folders this process holds
 
 
@@ -51,6 +53,7 @@ def hold(run_dir: str | os.PathLike) -> bool:
         raise RunFolderError(f"run folder {key} cannot be written ({e.strerror or e}); pass a writable "
                              "hydra.run.dir") from None
     _held[key] = lock
+    clean_stale_temps_in(key)  # half-written files of a killed earlier run (now that no one else writes here)
     return True
 
 

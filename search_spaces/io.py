@@ -7,7 +7,8 @@ The data goes to a temporary file next to the target, which then replaces it (``
   create every file 0600.)
 * **Stale temporary files.** A writer killed between creating its temporary file and the replace
   (``kill -9`` during a checkpoint write) leaves ``.<name>.<host>-<pid>-<token>.tmp`` behind. Each
-  write of a target first removes that target's temporary files whose writer is gone: same host and
+  write of a target, and the start of a run in its folder (:func:`clean_stale_temps_in`), first removes
+  that target's temporary files whose writer is gone: same host and
   the process ``<pid>`` no longer exists (or it is this process, which has no such write in flight,
   i.e. a pid reused after a restart), or, whatever the host (another machine on a shared
   filesystem, or the untagged ``tempfile.mkstemp`` name of earlier versions), untouched for
@@ -92,6 +93,20 @@ def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
         except OSError:
             pass  # not ours to remove (permissions): leave it, the write itself does not depend on it
     return removed
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<tag>[A-Za-z0-9_-]*-\d+-[0-9a-f]{8}|[a-z0-9_]{8})\.tmp$")
+
+
+def clean_stale_temps_in(folder: str | os.PathLike) -> list[Path]:
+    """:func:`clean_stale_temps` for every target in ``folder`` (a run folder when its run starts): a kill
+    during a checkpoint write leaves its temporary file, up to the checkpoint's size, until then."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    targets = {m["name"] for m in map(_TEMP_NAME.match, names) if m}
+    return [p for name in sorted(targets) for p in clean_stale_temps(Path(folder) / name)]
 
 
 def _create_temp(path: Path) -> tuple[int, Path]:

@@ -257,3 +257,18 @@ def test_predict_takes_a_model_name_and_names_the_choices_otherwise():
     with pytest.raises(ArchError, match=r"arch=quadranet36_tt: no such file and not a registered model; valid: "
                                         r"PATH/arch.json or one of .*quadranet25_xxs"):
         load_arch("quadranet36_tt")
+
+
+# -- leftovers -----------------------------------------------------------------------------------------
+def test_a_run_start_removes_the_half_written_files_of_a_killed_run(tmp_path):
+    from nas.runlock import run_folder
+    from search_spaces.io import _host
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".checkpoint.pt.{_host()}-{int(dead.stdout)}-0123abcd.tmp"  # its writer is gone
+    stale.write_bytes(b"half a checkpoint")
+    alive = tmp_path / f".checkpoint.pt.{_host()}-{os.getppid()}-0123abcd.tmp"  # a live writer's: kept
+    alive.write_bytes(b"in flight")
+    unrelated = tmp_path / ".notes.tmp"
+    unrelated.write_text("mine")
+    with run_folder(tmp_path):
+        assert not stale.exists() and alive.exists() and unrelated.exists()
