@@ -216,7 +216,12 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
 
 
 def _evaluate(cfg: DictConfig, path: Path) -> dict:
-    state = load_checkpoint(path, kind="net")
+    state = load_checkpoint(path)
+    if state["kind"] == "supernet":
+        raise CheckpointError(f"{path} is a search's supernet, not a trained network; retrain its export first: "
+                              f"python -m nas.retrain arch={path.parent / 'arch.json'}")
+    if state["kind"] != "net":
+        raise CheckpointError(f"{path} holds a {state['kind']!r} checkpoint, expected 'net'")
     try:
         arch = Arch.from_dict(state["arch"])
         source = Arch.from_dict(state.get("source_arch", state["arch"]))

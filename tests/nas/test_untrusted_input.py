@@ -272,3 +272,10 @@ def test_a_run_start_removes_the_half_written_files_of_a_killed_run(tmp_path):
     unrelated.write_text("mine")
     with run_folder(tmp_path):
         assert not stale.exists() and alive.exists() and unrelated.exists()
+
+
+def test_evaluate_on_a_supernet_says_what_to_do(tmp_path):
+    from nas.checkpoint import save_checkpoint
+    save_checkpoint(tmp_path / "checkpoint.pt", {"kind": "supernet", "config": {}})
+    r = _cli("nas.evaluate", f"checkpoint={tmp_path / 'checkpoint.pt'}")
+    assert _one_error_line(r).endswith(f"retrain its export first: python -m nas.retrain arch={tmp_path}/arch.json")
