@@ -145,6 +145,7 @@ def report(run: EvaluatedRun, eval_cfg: DictConfig, results_csv: str | None) -> 
 def results_row(r: dict) -> dict:
     """The results-CSV row of one ``results.json``."""
     row = {"run_dir": r["run_dir"], "model": r["model"] or r["arch_path"] or r["space"],
+           "arch_path": str(Path(r["arch_path"]).resolve()) if r["arch_path"] else None,  # its search: nas.results
            "first_order": r["first_order"], "init": r["init"], "dataset": r["dataset"], "epochs": r["epochs"],
            "top1": r["top1"], "params": r["params"], "macs": r["macs"],
            "deploy_params": r["deployment"]["params"], "deploy_macs": r["deployment"]["macs"]}

@@ -17,7 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"quadranas-search": "nas.search:main", "quadranas-retrain": "nas.retrain:main",
            "quadranas-evaluate": "nas.evaluate:main", "quadranas-lut": "latency.lut:main",
-           "quadranas-predict": "latency.predict:main", "quadranas-summary": "search_spaces.summary:main"}
+           "quadranas-predict": "latency.predict:main", "quadranas-summary": "search_spaces.summary:main",
+           "quadranas-results": "nas.results:main"}
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "nas", "search_spaces", "latency", "supernet", "experiments",
            "conf")
 
