@@ -19,6 +19,7 @@ tables and the target binds (it lies inside both spaces' latency ranges, which t
 Run folders are shared with ``experiments.search_vs_random`` (same ``--root`` layout): the quadra
 searches of a variant are the ones that benchmark ran, the proxyless ones live in ``VARIANT-proxyless``.
 Everything resumes: rerun the same command. ``--report-only`` builds tables from finished runs.
+``--schedules 2,6,12`` retrains the committed exports at several lengths instead (:mod:`experiments.table3_schedules`).
 
 ``--pricing nnmeter`` runs the searches with ``pricing=nnmeter`` (the stand-ins price only what nn-Meter's
 predictor would; folders ``VARIANT-nnmeter[-proxyless]``) and reports every latency column under that pricing
@@ -265,11 +266,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", type=Path, default=Path(__file__).resolve().parent / "results"
                    / "table3_search_per_device.csv",
                    help="--pricing nnmeter: the device-pricing table whose rows stand for points with equal tables")
+    p.add_argument("--schedules", default=None,
+                   help="e.g. 2,6,12: retrain the --exports at each number of epochs instead of searching "
+                        "(experiments.table3_schedules)")
+    p.add_argument("--exports", type=Path, default=Path(__file__).resolve().parent / "results"
+                   / "table3_search_per_device.csv", help="--schedules: the table whose exports are retrained")
     add_run_args(p, "tables from finished runs; run nothing")
     a = p.parse_args(argv)
     points = parse_grid(a.grid)
     seeds = parse_seeds(a.retrain_seeds)
     recipe, search = shlex.split(a.recipe), shlex.split(a.search)
+    if a.schedules:
+        from experiments import table3_schedules
+        return table3_schedules.main(a, recipe, parse_seeds(a.schedules), seeds)
     dirs = {}
     suffix = "" if a.pricing == "device" else f"-{a.pricing}"
     for space in SPACES:

@@ -1,5 +1,7 @@
 """Table III (quadra vs proxyless search per device), end to end on digits (tiny)."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -44,3 +46,37 @@ def test_pricing_reuse_rule_and_side_by_side_table():
     md = table3.side_by_side(committed, vpu, "nnmeter")
     assert "| vpu | quadra | 142.5 | 142.5 | 312 |" in md and "| cpu | quadra |" in md and "not run" in md
     assert "Quadra minus proxyless" in md
+
+
+@pytest.mark.slow
+def test_schedules_retrain_the_same_exports_at_each_length(tmp_path):
+    from search_spaces.spaces import get_space
+    exports = tmp_path / "exports.csv"
+    rows = [{"device": "vpu", "target_ms": 30.0, "space": space, "choices": " ".join(get_space(space).random_arch(1)
+                                                                                       .choices)}
+            for space in ("quadra", "proxyless")]
+    pd.DataFrame(rows).to_csv(exports, index=False)
+    args = ["--dataset", "digits", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+            "--recipe", RECIPE, "--retrain-seeds", "0", "--schedules", "1,2", "--exports", str(exports)]
+    assert table3.main(args) == 0
+    runs = pd.read_csv(tmp_path / "out" / "table3_schedules.csv")
+    assert len(runs) == 2 * 2 and set(runs.epochs) == {1, 2}
+    assert all(len(json.loads(c)) == e for c, e in zip(runs.curve, runs.epochs))  # a test top-1 per epoch
+    md = (tmp_path / "out" / "table3_schedules.md").read_text()
+    assert "| vpu | 2 |" in md and "quadra_ahead_from_epoch" in md and "MBConv" in md
+    assert (tmp_path / "out" / "table3_curves.png").stat().st_size > 1000
+    assert table3.main([*args, "--report-only"]) == 0  # read back, nothing reruns
+
+
+def test_verdict_lead_and_schedule_recipe():
+    from experiments.table3_schedules import lead_from, schedule_recipe, verdicts
+    runs = pd.DataFrame({"device": "vpu", "epochs": 2, "space": ["quadra", "quadra", "proxyless", "proxyless"],
+                         "top1": [0.80, 0.82, 0.78, 0.78],
+                         "curve": ["[0.5, 0.80]", "[0.4, 0.82]", "[0.6, 0.78]", "[0.6, 0.78]"]})
+    (v,) = verdicts(runs).to_dict("records")
+    assert v["quadra_minus_mbconv_pt"] == pytest.approx(3.0) and v["se_pt"] == pytest.approx(1.0)
+    assert v["quadra_ahead_from_epoch"] == 2 and v["seeds"] == "2+2"
+    assert lead_from([0.1, 0.5, 0.6], [0.2, 0.4, 0.5]) == 2
+    assert lead_from([0.3, 0.1], [0.2, 0.4]) is None
+    assert schedule_recipe(["train.epochs=2", "dataset.limit=30000"], 6) == [
+        "dataset.limit=30000", "train.epochs=6", "eval.every_epoch=true"]
