@@ -429,11 +429,16 @@ def _accelerator_rules(cfg: DictConfig) -> None:
 
 
 def _search_rules(cfg: DictConfig) -> None:
+    from latency.profiles import profile_from_dict
     from latency.units import parse_latency_ms
     try:
         parse_latency_ms(cfg.latency)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    try:  # a user's own profile (hydra.searchpath) is checked here, not after the search trained
+        profile_from_dict(OmegaConf.to_container(cfg.device, resolve=True))
+    except ValueError as e:
+        raise ConfigError(f"device={cfg.device.name}: {e}") from None
     if cfg.train.epochs < 1 and not cfg.derive.without_search:
         raise ConfigError(f"train.epochs={cfg.train.epochs} is invalid for a search; valid: an integer >= 1 (search "
                           "epochs after the warm-up), or derive.without_search=true to export without searching")

@@ -542,7 +542,8 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
     choices, how, scored = derive_choices(cfg, setup, st)
     derive_s = time.perf_counter() - t_derive  # minutes with derive.method=train: part of the search's cost
     arch = setup.train_space.arch(choices)
-    dep_arch = deployment_space(setup.space, load_profile(device)).arch(choices)
+    dep_arch = deployment_space(setup.space, profile_from_dict(OmegaConf.to_container(cfg.device, resolve=True))
+                                ).arch(choices)  # the profile searched for, a user's own included
     dep_net = build_net(dep_arch)
     latency = {n: {"ms": t.arch_ms(arch), "predictor": t.predictor, "provenance": t.provenance,
                    "error_note": t.error_note, "method": "sum of per-layer table entries"}
