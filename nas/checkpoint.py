@@ -121,6 +121,7 @@ def rng_state() -> dict:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_current"] = torch.cuda.get_rng_state()  # the stream of the GPU this process trains on
     return state
 
 
@@ -143,6 +144,11 @@ def set_rng_state(state: dict) -> None:
                 torch.cuda.set_rng_state(s.cpu(), i)
         else:
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        if torch.cuda.is_available() and state.get("cuda_current") is not None:
+            # Under torchrun rank 0 writes the checkpoint: its entry for GPU r is the untouched seeded stream,
+            # not rank r's. Every rank seeds alike and draws alike, so each continues from the stream of the
+            # GPU the saving process trained on, restored onto the GPU this process trains on.
+            torch.cuda.set_rng_state(state["cuda_current"].cpu())
 
 
 def device_change(state: dict, device: torch.device, precision: str) -> str | None:

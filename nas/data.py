@@ -469,6 +469,16 @@ def to_device(datasets: tuple[Dataset, ...], device: torch.device | str) -> tupl
     return tuple(move(ds) for ds in datasets)
 
 
+def lazy_loader_workers() -> int:
+    """Worker processes for a lazily decoded dataset: none on a CPU-only machine (the training process decodes,
+    as before), else up to 8 of this process's share of the cores, so that PIL decoding at 224 px does not
+    starve a GPU (the batches are the same: the order comes from the seeded sampler, decoding is deterministic)."""
+    if not torch.cuda.is_available():
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) - 1))
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
                 sampler: Sampler | None = None):
     """Batches whose shuffle order is fixed by ``seed`` (or given by ``sampler``).
@@ -481,9 +491,10 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, dro
         raise ValueError("pass either shuffle=True or a sampler, not both")
     gen = torch.Generator().manual_seed(seed)
     tensors = in_memory(dataset)
-    if tensors is None:
+    if tensors is None:  # decoded lazily (image folders): off the training process when it feeds a GPU
+        workers = lazy_loader_workers()
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, drop_last=drop_last,
-                          num_workers=0, generator=gen)
+                          num_workers=workers, pin_memory=workers > 0, generator=gen)
     images, targets, idx = tensors
     torch.empty((), dtype=torch.int64).random_(generator=gen)  # a DataLoader draws its workers' base seed first
     if sampler is None:

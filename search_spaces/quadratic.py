@@ -62,9 +62,13 @@ def auto_dense(x: torch.Tensor, kernel_size: int, needs_grad: bool) -> bool:
 
 
 @functools.lru_cache(maxsize=128)
-def _dense_taps(h: int, w: int, k: int) -> torch.Tensor:
+def _dense_taps(h: int, w: int, k: int, device: torch.device | None = None) -> torch.Tensor:
     """(H*W, H*W) index of the kernel tap linking output pixel s to input pixel t of a stride-1 'same'
-    k x k convolution: ``di * k + dj``, or ``k * k`` (a zero appended to the taps) where t is out of reach."""
+    k x k convolution: ``di * k + dj``, or ``k * k`` (a zero appended to the taps) where t is out of reach.
+    Cached per device, so a GPU forward does not copy the index to the device every time."""
+    if device is not None and device.type != "cpu":
+        with torch.inference_mode(False):
+            return _dense_taps(h, w, k).to(device)
     p = k // 2
     with torch.inference_mode(False):  # cached: must stay usable by autograd even if first built in inference
         i, j = torch.arange(h).view(h, 1, 1, 1), torch.arange(w).view(1, w, 1, 1)
@@ -83,7 +87,7 @@ def dense_quad_dw(x, wa, ba, wb, bb, wc, bc) -> torch.Tensor:
     n, c, h, w = x.shape
     k = wa.shape[-1]
     taps = torch.stack((wa, wb, wc), 1).reshape(c, 3, k * k)
-    mats = F.pad(taps, (0, 1))[:, :, _dense_taps(h, w, k).to(x.device)]  # (C, 3, HW, HW)
+    mats = F.pad(taps, (0, 1))[:, :, _dense_taps(h, w, k, x.device)]  # (C, 3, HW, HW)
     cols = x.reshape(n, c, h * w).permute(1, 2, 0)  # (C, HW, N)
     out = torch.bmm(mats.reshape(c, 3 * h * w, h * w), cols).view(c, 3, h * w, n)
     a, b, cc = (out + torch.stack((ba, bb, bc), 1).view(c, 3, 1, 1)).unbind(1)  # unbind: no zero-filled grads
