@@ -28,10 +28,10 @@ def test_search_config_composes_with_every_option(group, option):
 
 
 def test_device_profiles():
-    assert profile_names() == ["cpu", "gpu", "host", "vpu"]
+    assert profile_names() == ["cpu", "cuda", "gpu", "host", "vpu"]
     vpu = load_profile("vpu")
     assert vpu.input_shape == (1, 3, 224, 224) and vpu.backends[-1].startswith("standin:")
-    with pytest.raises(ValueError, match="unknown device 'tpu'; valid: cpu, gpu, host, vpu"):
+    with pytest.raises(ValueError, match="unknown device 'tpu'; valid: cpu, cuda, gpu, host, vpu"):
         load_profile("tpu")
     with pytest.raises(ValueError, match="unknown backend"):
         profile_from_dict({"name": "x", "input_shape": [1, 3, 8, 8], "backends": ["magic:x"]})

@@ -44,7 +44,7 @@ def test_rebuild_rejects_other_values_in_one_line(rebuild_calls, capsys):
 
 def test_unknown_device_is_one_line(rebuild_calls, capsys):
     assert lut.run(tool_cfg("lut", "device=tpu")) == 2
-    assert capsys.readouterr().err == "error: unknown device 'tpu'; valid: cpu, gpu, host, vpu\n"
+    assert capsys.readouterr().err == "error: unknown device 'tpu'; valid: cpu, cuda, gpu, host, vpu\n"
 
 
 @pytest.mark.parametrize("module,keys", [("lut", ("device=", "search_space=", "rebuild=")),

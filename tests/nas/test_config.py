@@ -113,7 +113,7 @@ BAD = [  # entry, overrides, the one line expected
      "derive.finalists=0 is invalid for derive.method=train; valid: an integer >= 1"),
     ("search", ["derive.without_search=yes"], "derive.without_search=yes is invalid; valid: true or false"),
     ("search", ["train.val_fraction=1"], "train.val_fraction=1 is invalid; valid: a number in (0, 1)"),
-    ("search", ["log_devices=[vpu,tpu]"], "log_devices[1]=tpu is invalid; valid: cpu, gpu, host, vpu"),
+    ("search", ["log_devices=[vpu,tpu]"], "log_devices[1]=tpu is invalid; valid: cpu, cuda, gpu, host, vpu"),
     ("search", ["threads=0"], "threads=0 is invalid; valid: null (all cores) or an integer in [1, "),
     ("search", ["seed='3'"], "seed='3' is invalid; valid: an integer"),
     ("search", ["latency=30"], "latency 30 has no unit"),
@@ -134,7 +134,7 @@ BAD = [  # entry, overrides, the one line expected
      "arch=missing/arch.json is invalid: no such file; valid: PATH/arch.json"),
     ("retrain", ["init=missing.pt"], "init=missing.pt is invalid: no such file; valid: scratch, supernet or PATH/"),
     ("train", ["first_order=1"], "first_order=1 is invalid; valid: true or false"),
-    ("train", ["eval.profiles=[tpu]"], "eval.profiles[0]=tpu is invalid; valid: cpu, gpu, host, vpu"),
+    ("train", ["eval.profiles=[tpu]"], "eval.profiles[0]=tpu is invalid; valid: cpu, cuda, gpu, host, vpu"),
     ("evaluate", ["checkpoint=null"], "checkpoint is required; valid: PATH/checkpoint.pt"),
     ("evaluate", ["eval.latency_repeats=0"], "eval.latency_repeats=0 is invalid; valid: an integer >= 1"),
 ]
