@@ -35,7 +35,7 @@ def arch_json(digits_arch_json) -> Path:
     return digits_arch_json
 
 
-@pytest.mark.parametrize("precision", ["32", "bf16", "16"])
+@pytest.mark.parametrize("precision", ["32", "tf32", "bf16", "16"])
 def test_search_on_cuda(tmp_path, precision):
     cfg = _cfg("search", "dataset=digits", "results_csv=null", "train.warmup_epochs=0", "train.epochs=1",
                "log_devices=[vpu]", "latency=12ms", "accelerator=cuda", f"precision={precision}")
@@ -67,3 +67,15 @@ def test_two_gpu_nccl_ddp(arch_json, tmp_path):
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text())["world_size"] == 2
+
+
+def test_two_processes_share_one_gpu_over_gloo(tmp_path):
+    """More processes than GPUs: NCCL would fail with 'Duplicate GPU'; they share the GPU over gloo."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "nas.search",
+                        "dataset=digits", "results_csv=null", "train.warmup_epochs=0", "train.epochs=1",
+                        "log_devices=[vpu]", "latency=12ms", "accelerator=cuda", "derive.method=argmax",
+                        f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((tmp_path / "arch.json").read_text())["metadata"]
+    assert meta["search"]["world_size"] == 2 and meta["ranks_agree"] is True
