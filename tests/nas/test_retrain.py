@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
 QUIET = ["eval.profiles=[]", "eval.host_latency=false", "eval.onnx=false", "eval.every_epoch=false"]
-FAST = ["dataset=digits", "dataset.limit=512", "threads=1", "train.batch_size=64", "results_csv=null"]
+FAST = ["dataset=digits", "dataset.limit=512", "threads=1", "train.batch_size=64", "results_csv=null",
+        "accelerator=cpu"]  # bitwise resumes and gloo DDP: on a GPU machine auto would pick CUDA
 
 
 def _cfg(name: str, *overrides):
