@@ -6,6 +6,8 @@ code (2 for bad input or a write the system refused, 1 when training diverged) i
 
 from __future__ import annotations
 
+import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,3 +49,18 @@ def hydra_run_dir() -> Path:
     """The run folder Hydra made for this invocation (``hydra.run.dir``)."""
     from hydra.core.hydra_config import HydraConfig
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+_HYDRA_SPECIAL = re.compile(r"[=,\[\]{}()'\"\s\\:$*?]")  # characters Hydra's override grammar reads
+
+
+def override_arg(key: str, value: object) -> str:
+    """``key=value`` as one shell word that Hydra reads back as that value (a sweep's folder holds ``=`` and
+    ``,``, which Hydra would parse: such a value is quoted for Hydra, then the word for the shell)."""
+    text = str(value)
+    if not _HYDRA_SPECIAL.search(text):
+        return f"{key}={text}"
+    if not re.search(r"['\"$`\\!]", text):
+        return f"\"{key}='{text}'\""  # e.g. "arch='outputs/multirun/T/latency=25ms,seed=1/arch.json'"
+    return shlex.quote(f"{key}='{text}'" if "'" not in text else f'{key}="{text}"')
+

@@ -47,6 +47,8 @@ def with_recorded_dataset(args: list[str]) -> tuple[list[str], str | None]:
     if any(a.lstrip("+~").split("=")[0] == "dataset" for a in args):
         return args, None
     arch = next((a.split("=", 1)[1] for a in args if a.startswith("arch=")), None)
+    if arch and len(arch) > 1 and arch[0] == arch[-1] and arch[0] in "'\"":
+        arch = arch[1:-1]  # quoted for Hydra: a path holding '=' or ',' (a sweep's folder)
     if arch is None or not Path(arch).is_file():
         return args, None  # no arch file: the config check names the problem
     name = recorded_dataset(arch)

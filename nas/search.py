@@ -75,7 +75,7 @@ from nas.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from nas.cli import hydra_run_dir, run_cli
+from nas.cli import hydra_run_dir, override_arg, run_cli
 from nas.config import check_config
 from nas.data import get_dataset, make_loader, to_device, train_val_split
 from nas.loops import (
@@ -187,9 +187,8 @@ def _search(cfg: DictConfig, run_dir: Path) -> dict:
                          f"{cfg.arch.every}): nothing was searched, so no arch.json is written; raise train.epochs, "
                          "or pass derive.without_search=true to export from the untrained distribution")
     summary = export(cfg, setup, st, run_dir, dist_info, wall_before + time.perf_counter() - t_start)
-    if dist_info.is_main and not cfg.keep_checkpoint:
-        (run_dir / CHECKPOINT).unlink(missing_ok=True)
-        log.info("keep_checkpoint=false: %s deleted (arch.json holds the result)", run_dir / CHECKPOINT)
+    if dist_info.is_main:
+        finish_checkpoint(run_dir / CHECKPOINT, cfg.keep_checkpoint)
     if writer is not None:
         tb.log_hparams(writer, _hparams(cfg), {"val_top1_supernet": summary["val_top1_supernet"],
                                                "exported_ms": summary["latency_ms"][setup.device]["ms"],
@@ -307,8 +306,12 @@ def resume(st: State, path: Path, config: dict, dist_info: DistInfo, accel: Acce
     state = load_checkpoint(path, kind="supernet")
     check_resume_config(_with_pricing(state["config"]), config, path)
     st.model.load_state_dict(state["model"])
-    st.w_opt.load_state_dict(state["w_opt"])
-    st.a_opt.load_state_dict(state["a_opt"])
+    if "w_opt" in state:
+        st.w_opt.load_state_dict(state["w_opt"])
+        st.a_opt.load_state_dict(state["a_opt"])
+    elif dist_info.is_main:  # a finished search's supernet (finish_checkpoint): derived again, or trained on
+        log.warning("%s holds a finished search's supernet without optimizer states: more epochs start them "
+                    "afresh", path)
     st.loss_fn.load_state_dict(state["loss"])
     st.path_gen.set_state(state["path_gen"])
     accel = accel or Accelerator(torch.device("cpu"))
@@ -584,12 +587,31 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
                         "fits the band [%.0f%%, 100%%]", 100 * used, target_ms, latency[device]["ms"],
                         100 * cfg.derive.min_fraction)
         atomic_write_text(run_dir / "history.csv", pd.DataFrame(st.history).to_csv(index=False))
-        atomic_save_figure(_heatmap(model), run_dir / "probabilities.png")
+        atomic_save_figure(_heatmap(model, choices), run_dir / "probabilities.png")
         arch.save(run_dir / "arch.json")
         if cfg.results_csv:
             append_results_row(Path(cfg.results_csv), _results_row(arch, run_dir))
         log.info("search summary\n%s", _summary_text(arch, run_dir, target_ms, device))
     return arch.metadata
+
+
+def finish_checkpoint(path: Path, keep: bool) -> None:
+    """Once ``arch.json`` is written: keep what ``init=supernet`` and a new derivation read (the supernet's
+    weights and architecture parameters, its config, history and RNG), drop the optimizer states only more
+    training would need; or delete the whole file when ``keep_checkpoint=false``."""
+    if not path.exists():
+        return
+    if not keep:
+        path.unlink()
+        log.info("keep_checkpoint=false: %s deleted (arch.json holds the result)", path)
+        return
+    before = path.stat().st_size
+    state = load_checkpoint(path, kind="supernet")
+    for key in ("w_opt", "a_opt", "scaler"):
+        state.pop(key, None)
+    save_checkpoint(path, state)
+    log.info("%s keeps the trained supernet: %.1f MB (%.1f MB with the optimizer states)", path,
+             path.stat().st_size / 2**20, before / 2**20)
 
 
 def _hparams(cfg: DictConfig) -> dict:
@@ -630,7 +652,8 @@ def _results_row(arch: Arch, run_dir: Path) -> dict:
     return row
 
 
-def _heatmap(model: Supernet):
+def _heatmap(model: Supernet, exported: list[str] | None = None):
+    """Per layer, each candidate's probability; the exported architecture's choice framed in red."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -644,7 +667,9 @@ def _heatmap(model: Supernet):
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(grid)))
     ax.set_ylabel("searchable layer")
-    ax.set_title("architecture probabilities")
+    for i, choice in enumerate(exported or ()):
+        ax.add_patch(plt.Rectangle((names.index(choice) - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+    ax.set_title("architecture probabilities" + (" (exported: red)" if exported else ""))
     fig.colorbar(im, ax=ax, label="probability")
     fig.tight_layout()
     return fig
@@ -664,7 +689,7 @@ def _summary_text(arch: Arch, run_dir: Path, target_ms: float, device: str) -> s
               f"{dep['macs'] / 1e6:.0f}M MACs; held-out top-1 in the supernet {m['val_top1_supernet']:.3f}",
               f"wall time {m['search']['wall_s']:.0f} s; outputs in {run_dir}: arch.json checkpoint.pt tb/ "
               "history.csv probabilities.png",
-              f"retrain: python -m nas.retrain arch={run_dir / 'arch.json'}"]
+              f"retrain: python -m nas.retrain {override_arg('arch', run_dir / 'arch.json')}"]
     return "\n".join(lines)
 
 

@@ -279,3 +279,29 @@ def test_evaluate_on_a_supernet_says_what_to_do(tmp_path):
     save_checkpoint(tmp_path / "checkpoint.pt", {"kind": "supernet", "config": {}})
     r = _cli("nas.evaluate", f"checkpoint={tmp_path / 'checkpoint.pt'}")
     assert _one_error_line(r).endswith(f"retrain its export first: python -m nas.retrain arch={tmp_path}/arch.json")
+
+
+def test_the_printed_retrain_hint_runs_for_a_sweep_folder(tmp_path):
+    from nas.cli import override_arg
+    sweep = tmp_path / "dataset=digits,device=vpu,latency=25ms"  # what a multirun names its job folders
+    _digits_arch({"search": {"dataset": "digits"}}).save(sweep / "arch.json")
+    hint = f"{sys.executable} -m nas.retrain {override_arg('arch', sweep / 'arch.json')}"
+    assert hint.endswith(f"\"arch='{sweep}/arch.json'\"")
+    r = subprocess.run(f"{hint} train.epochs=0 dataset.limit=256 threads=1 results_csv=null eval.profiles=[] "
+                       f"eval.host_latency=false eval.onnx=false hydra.run.dir={tmp_path / 'run'}", shell=True,
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert '"dataset": "digits"' in (tmp_path / "run" / "results.json").read_text()  # the recorded dataset applied
+
+
+@pytest.mark.slow
+def test_a_finished_search_keeps_the_supernet_not_the_optimizer_states(tmp_path):
+    from nas.checkpoint import load_checkpoint
+    from nas.search import search
+    run = tmp_path / "run"
+    search(_search_cfg("results_csv=null"), run)
+    state = load_checkpoint(run / "checkpoint.pt", kind="supernet")
+    assert "model" in state and not {"w_opt", "a_opt", "scaler"} & set(state)
+    (run / "arch.json").unlink()  # derive the finished supernet again, another way
+    meta = search(_search_cfg("results_csv=null", "derive.method=budgeted"), run)
+    assert meta["derivation"].startswith("most likely in") and (run / "arch.json").exists()
