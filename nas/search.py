@@ -81,19 +81,18 @@ from nas.data import get_dataset, make_loader, to_device, train_val_split
 from nas.loops import (
     DistInfo,
     TrainingDiverged,
-    all_reduce_mean_,
     cosine_lr,
     epoch_loader,
     evaluate,
     init_distributed,
+    rank0_builds,
     seed_everything,
     set_lr,
     set_threads,
-    wrap_ddp,
 )
 from nas.report import append_results_row
 from nas.runlock import run_folder
-from nas.steps import arch_step, export_ms, lut_tensors, weight_step
+from nas.steps import PathSync, arch_step, export_ms, export_ms_tensor, lut_tensors, weight_step
 from nas.trainer import param_groups
 from search_spaces.arch import Arch, build_net
 from search_spaces.blocks import SKIP_OPS
@@ -105,6 +104,7 @@ from search_spaces.spaces import SearchSpace, space_from_config
 from search_spaces.summary import count_macs, count_params
 from supernet.derive import InfeasibleTarget, derive
 from supernet.loss import LatencyLoss
+from supernet.mixed import prefetch_host
 from supernet.supernet import Supernet
 
 log = logging.getLogger("nas.search")
@@ -172,13 +172,11 @@ def _search(cfg: DictConfig, run_dir: Path) -> dict:
     st = build_state(cfg, setup)
     resume(st, run_dir / CHECKPOINT, config, dist_info, accel)
     writer = tb.open_writer(run_dir, st.step) if dist_info.is_main else None
-    # depthwise-conv weight grads come back in another memory layout than DDP's buckets: harmless
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    forward = wrap_ddp(st.model, accel, find_unused_parameters=True) if dist_info.enabled else st.model
+    sync = PathSync(st.model) if dist_info.enabled else None  # DDP that reduces only the path that trained
     total_epochs = cfg.train.warmup_epochs + cfg.train.epochs
     wall_before = st.wall_s
     for epoch in range(st.epoch, total_epochs):
-        stats = train_epoch(cfg, setup, st, epoch, dist_info, run_dir, forward, writer)
+        stats = train_epoch(cfg, setup, st, epoch, dist_info, run_dir, sync, writer)
         st.epoch = epoch + 1
         st.wall_s = wall_before + time.perf_counter() - t_start
         end_epoch(cfg, setup, st, stats, run_dir, writer, dist_info, config)
@@ -205,8 +203,11 @@ def prepare(cfg: DictConfig, dist_info: DistInfo, accel: Accelerator | None = No
     space = space_from_config(OmegaConf.to_container(cfg.search_space, resolve=True))
     # Latency tables at the deployment shape: search device first, then the others for logging.
     devices = [profile.name] + [d for d in cfg.log_devices if d != profile.name]
-    tables = {name: get_table(space, profile if name == profile.name else load_profile(name, pricing=pricing),
-                              progress=dist_info.is_main) for name in devices}
+    tables = rank0_builds(  # rank 0 builds (and caches) them; the others get its tables
+        lambda: {name: get_table(space, profile if name == profile.name else load_profile(name, pricing=pricing))
+                 for name in devices},
+        lambda built: {name: t.to_json() for name, t in built.items()},
+        lambda data: {name: LatencyTable.from_json(text) for name, text in data.items()}, dist_info)
     lo, hi = tables[profile.name].range_ms()
     if target_ms < lo:
         raise InfeasibleTarget(f"latency target {target_ms:.3f} ms on {profile.name} is below the space's minimum "
@@ -328,62 +329,106 @@ def resume(st: State, path: Path, config: dict, dist_info: DistInfo, accel: Acce
 
 
 def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info: DistInfo, run_dir: Path,
-                forward: torch.nn.Module, writer=None) -> dict:
-    """Weight steps on the training split (through ``forward``: the model or its DDP wrapper); after every
-    ``arch.every``-th one, an arch step."""
+                sync: PathSync | None = None, writer=None) -> dict:
+    """Weight steps on the training split; after every ``arch.every``-th one, an arch step. ``sync`` averages
+    the weight steps' gradients over the processes (DDP, see :class:`nas.steps.PathSync`).
+
+    Nothing here waits for the device at ``precision=32`` but two reads: the logits' host copy once per arch
+    step (path sampling, :func:`supernet.mixed.prefetch_host`) and the losses every ``tb.STEP_EVERY`` steps and
+    at the end of the epoch (:class:`_StepLog`), which checks them for finiteness and names the first bad step."""
     joint = epoch >= cfg.train.warmup_epochs
     arch_on = joint and not (cfg.arch.skip_first_joint_epoch and epoch == cfg.train.warmup_epochs)
     train_loader, val_loader = (epoch_loader(part, cfg.train.batch_size, cfg.seed, epoch, dist_info, stream)
                                 for stream, part in enumerate((setup.train_part, setup.val_part)))
     total_epochs = cfg.train.warmup_epochs + cfg.train.epochs
     total_steps = total_epochs * len(train_loader)
-    model = st.model
-    val_iter = iter(val_loader)
+    model, accel = st.model, setup.accel
     model.train()
-    stats = {"loss": [], "acc": [], "arch_loss": [], "arch_ce": [], "joint": joint}
     bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs} {'search' if joint else 'warm-up'}",
                disable=not dist_info.is_main, leave=False)
-    accel = setup.accel
-    val_iter = accel.batches(val_iter)
+    steps = _StepLog(cfg, epoch, st, run_dir, writer, bar if dist_info.is_main else None)
+    val_iter = accel.batches(val_loader)
+    reduce = sync.reduce if sync is not None else None
     for x, y in accel.batches(bar):
         set_lr(st.w_opt, cosine_lr(cfg.train.lr, st.step, total_steps))
         sample_weight_path(cfg, st)
-        loss, logits = weight_step(model, st.w_opt, x, y, forward, cfg.train.label_smoothing, cfg.train.grad_clip,
-                                   accel)
-        _check_finite(loss, "supernet loss", cfg, epoch, st, run_dir)
+        if sync is not None:
+            sync.before_forward()
+        loss, logits = weight_step(model, st.w_opt, x, y, None, cfg.train.label_smoothing, cfg.train.grad_clip,
+                                   accel, reduce)
+        steps.weight(loss, (logits.argmax(1) == y).float().mean())
         st.step += 1
-        a_loss = None
-        stats["loss"].append(loss.item())
-        stats["acc"].append((logits.argmax(1) == y).float().mean().item())
         if arch_on and st.step % cfg.arch.every == 0:
             xv, yv = next(val_iter, (None, None))
             if xv is None:
                 val_iter = accel.batches(val_loader)
                 xv, yv = next(val_iter)
+            if not prefetch_host(model.mixed_ops()):  # the one read of this arch step
+                steps.flush()  # raises at the step that made the logits non-finite
+                raise TrainingDiverged(_diverged("an architecture logit", "non-finite", cfg, epoch, st, run_dir))
             model.resample("arch", cfg.mode, st.path_gen)
             a_loss, ce = arch_step(model, st.a_opt, st.loss_fn, xv, yv, st.lut(setup), setup.table.fixed_ms,
-                                   all_reduce_mean_ if dist_info.enabled else None, accel)
-            _check_finite(a_loss, "architecture loss", cfg, epoch, st, run_dir)
+                                   reduce, accel)
             # a finite loss can still leave non-finite logits (gradients through non-finite weights)
-            _check_finite(torch.stack([a.detach().abs().max() for a in model.arch_parameters()]).max(),
-                          "largest architecture logit", cfg, epoch, st, run_dir)
-            st.loss_fn.update(export_ms(model, st.lut(setup), setup.table.fixed_ms))
+            steps.arch(a_loss, ce, torch.stack([a.detach().abs().max() for a in model.arch_parameters()]).max())
+            st.loss_fn.update(export_ms_tensor(model, st.lut(setup), setup.table.fixed_ms))
             st.arch_steps += 1
-            stats["arch_loss"].append(a_loss.item())
-            stats["arch_ce"].append(ce.item())
-        tb.log_step(writer, st.step, train=loss.item(), arch=None if a_loss is None else a_loss.item())
-        if dist_info.is_main and st.step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(stats['loss'][-10:]):.3f}",
-                            lat=f"{model.expected_latency_ms(st.lut(setup), setup.table.fixed_ms).item():.1f}ms")
-    return stats
+        if st.step % tb.STEP_EVERY == 0:
+            steps.flush(model.expected_latency_ms(st.lut(setup), setup.table.fixed_ms).detach())
+    steps.flush()
+    return steps.stats
 
 
-def _check_finite(loss: torch.Tensor, what: str, cfg: DictConfig, epoch: int, st: State, run_dir: Path) -> None:
-    if not math.isfinite(loss.item()):
-        raise TrainingDiverged(
-            f"{what} is {loss.item()} at epoch {epoch + 1}, global step {st.step} (train.lr={cfg.train.lr}, "
-            f"arch.lr={cfg.arch.lr}); the last good checkpoint (after epoch {st.epoch}) is kept in "
-            f"{run_dir / CHECKPOINT} and nothing is exported. Lower the learning rate or use a new run folder")
+class _StepLog:
+    """The hot loop's statistics, kept on the device and read in one go by :meth:`flush`, which also stops a
+    diverged search with the message an immediate check would give (the step that went non-finite)."""
+
+    def __init__(self, cfg: DictConfig, epoch: int, st: State, run_dir: Path, writer, bar) -> None:
+        self.cfg, self.epoch, self.st, self.run_dir, self.writer, self.bar = cfg, epoch, st, run_dir, writer, bar
+        self.stats = {"loss": [], "acc": [], "arch_loss": [], "arch_ce": [], "joint": epoch >= cfg.train.warmup_epochs}
+        self.pending: list[tuple[int, tuple[torch.Tensor, ...]]] = []  # (global step before it, values)
+
+    def weight(self, loss: torch.Tensor, acc: torch.Tensor) -> None:
+        self.pending.append((self.st.step, (loss, acc)))
+
+    def arch(self, loss: torch.Tensor, ce: torch.Tensor, logit_max: torch.Tensor) -> None:
+        step, (w_loss, acc) = self.pending.pop()
+        self.pending.append((step, (w_loss, acc, loss, ce, logit_max)))
+
+    def flush(self, expected_ms: torch.Tensor | None = None) -> None:
+        if not self.pending and expected_ms is None:
+            return
+        values = [v for _, vs in self.pending for v in vs] + ([expected_ms] if expected_ms is not None else [])
+        flat = torch.stack([v.double() for v in values]).cpu().numpy().tolist()  # the one host read
+        at = 0
+        for step, vs in self.pending:
+            row, at = flat[at:at + len(vs)], at + len(vs)
+            self._record(step, row)
+        self.pending.clear()
+        if self.bar is not None and expected_ms is not None:
+            self.bar.set_postfix(loss=f"{np.mean(self.stats['loss'][-10:]):.3f}", lat=f"{flat[-1]:.1f}ms")
+
+    def _record(self, step: int, row: list[float]) -> None:
+        names = ("supernet loss", None, "architecture loss", None, "largest architecture logit")
+        for i, (name, value) in enumerate(zip(names, row)):
+            if name is not None and not math.isfinite(value):
+                self.st.step = step + (i > 0)  # the arch step's checks ran after the weight step's increment
+                raise TrainingDiverged(_diverged(name, value, self.cfg, self.epoch, self.st, self.run_dir))
+        self.stats["loss"].append(row[0])
+        self.stats["acc"].append(row[1])
+        if len(row) > 2:
+            self.stats["arch_loss"].append(row[2])
+            self.stats["arch_ce"].append(row[3])
+        tb.log_step(self.writer, step + 1, train=row[0], arch=row[2] if len(row) > 2 else None)
+
+
+def _diverged(what: str, value, cfg: DictConfig, epoch: int, st: State, run_dir: Path) -> str:
+    ckpt = run_dir / CHECKPOINT
+    kept = (f"the last good checkpoint (after epoch {st.epoch}) is kept in {ckpt}" if ckpt.exists()
+            else "no checkpoint was written yet")
+    return (f"{what} is {value} at epoch {epoch + 1}, global step {st.step} (train.lr={cfg.train.lr}, "
+            f"arch.lr={cfg.arch.lr}); {kept} and nothing is exported. Lower the learning rate or use a new "
+            "run folder")
 
 
 def end_epoch(cfg: DictConfig, setup: Setup, st: State, stats: dict, run_dir: Path, writer, dist_info: DistInfo,
@@ -478,7 +523,9 @@ def train_standalone(cfg: DictConfig, setup: Setup, arch: Arch) -> float:
     """Held-out top-1 of ``arch`` trained from scratch for ``derive.train_epochs`` epochs of the search's
     training split: AdamW with the search's lr, weight decay, label smoothing and clipping, linear warm-up over
     the first half of the steps and cosine to 0 over the second (the retrain recipe's shape, shortened)."""
-    tc, accel = cfg.train, setup.accel
+    tc, shared = cfg.train, setup.accel
+    # its own loss scaler at precision=16: each finalist starts from the initial scale, not the last one's
+    accel = Accelerator(shared.device, shared.precision, shared.channels_last)
     seed_everything(cfg.seed)
     net = accel.module(build_net(arch))
     opt = torch.optim.AdamW(param_groups(net, tc.weight_decay), lr=tc.lr)
