@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from experiments.diagnostics.supernet_cost import machine
+from experiments.machine import machine
 from experiments.markdown import md_table, report
 from latency.lut import get_table
 from latency.profiles import load_profile

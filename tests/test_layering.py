@@ -30,3 +30,15 @@ def test_imports_flow_downwards(package):
     bad = {str(p.relative_to(ROOT)): sorted(_imports(p) & FORBIDDEN[package])
            for p in (ROOT / package).rglob("*.py")}
     assert not {k: v for k, v in bad.items() if v}
+
+
+def test_benchmarks_do_not_import_diagnostics():
+    """experiments/diagnostics explain the benchmarks; a benchmark never depends on a diagnostic."""
+    bad = []
+    for p in (ROOT / "experiments").glob("*.py"):
+        tree = ast.parse(p.read_text())
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        if any(m.startswith("experiments.diagnostics") for m in mods):
+            bad.append(p.name)
+    assert bad == []

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from experiments.machine import machine
 from nas.steps import arch_step, lut_tensors, weight_step
 from search_spaces.arch import Arch, build_net, input_shapes
 from search_spaces.io import atomic_write_text
@@ -113,17 +113,6 @@ def latency_lut(space: SearchSpace, model: Supernet, lut: str = "auto") -> tuple
 
 
 # -- the benchmark --------------------------------------------------------------------------
-def machine() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def pick_arch(space: SearchSpace, which: str, seed: int) -> Arch:
     if which == "largest":
         return space.largest_arch()
