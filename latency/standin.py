@@ -4,7 +4,10 @@ nn-Meter's built-in predictor files are not available here (see DESIGN.md sectio
 so each nn-Meter device gets a small linear cost model over the kernels of
 :func:`latency.kernels.trace_kernels`, fitted to nn-Meter's OWN published
 predictions for 18 standard CNNs (``data/nnmeter_reference_latency.csv``, from
-nn-Meter's test data, MIT). Numbers from this module are always labelled
+nn-Meter's test data, MIT) and, for the Cortex-A76 and the Myriad VPU, at the same time to
+whole-network latencies MEASURED on those devices for 1,007 NAS-Bench-201 networks at 32 px
+(``data/nnmeter_measured_nb201_{cpu,vpu}.csv``: half of nn-Meter's dataset rows, even ids;
+:mod:`latency.nb201` builds the measured networks). Numbers from this module are always labelled
 ``provenance = STANDIN`` (the a100 roofline, fitted to nothing: ``ROOFLINE_STANDIN``); they are
 never nn-Meter's.
 
@@ -13,7 +16,8 @@ Cost model (fitted devices)
 Kernels are first fused the way deployment runtimes (TFLite, OpenVINO) do:
 
 * a ``bn`` whose input is produced by a conv/dwconv/fc is folded into it (cost 0);
-* a ReLU/ReLU6 whose input is produced by a conv/dwconv/fc/bn/add is fused (cost 0).
+* a ReLU/ReLU6 whose input is produced by a conv/dwconv/fc/bn/add/pool is fused (cost 0; TFLite's pooling
+  ops carry a fused activation, and OpenVINO fuses a ReLU into pooling).
   Other activations (hswish, sigmoid, silu, ...) stay separate kernels.
 
 Every remaining kernel falls in one cost class and costs (ms)::
@@ -28,11 +32,19 @@ Every remaining kernel falls in one cost class and costs (ms)::
           b_mem * bytes + o_mem
 
 plus, on the A76 only, ``c_im2col * im2col_bytes`` for a k x k (k > 1) regular conv (its im2col
-patch buffer, Hout*Wout*k*k*Cin/groups floats) and ``a_strided * macs`` for a strided one (see
-:data:`DEVICE_FEATURES`); i.e. 8 (A76: 10) non-negative constants per device, fitted by bounded least squares (BVLS)
-on the relative error (each model's row weighted by 1/reference, so VGGs do not
-dominate). An fc over r > 1 rows costs max(conv-class cost, fc-class cost), so its
-cost never drops below the single-row cost.
+patch buffer, Hout*Wout*k*k*Cin/groups floats), ``a_strided * macs`` for a strided one and
+``c_window * window_bytes`` for a pooling kernel (output elements x k x k floats read through its
+windows); on the VPU only ``c_act * bytes`` for an unfused activation kernel (hswish, sigmoid, GELU);
+and on both a fixed per-model cost ``o_model`` (the runtime's cost per inference), charged once, on the
+first kernel that reads the image (see :data:`DEVICE_FEATURES`). So a conv on a small map or a 1x1 conv
+costs its MACs over the device's throughput plus its bytes over its bandwidth plus the per-kernel
+overhead; an elementwise op or a pool its bytes over bandwidth plus its overhead. Dedicated 1x1,
+small-map, per-channel and per-type elementwise terms were tried and did not lower the cross-validated
+error (docs/latency.md lists every term tried). 8 constants per device (A76: 12, VPU: 10), non-negative,
+fitted by scipy's bounded least squares on the relative error (each model's row weighted by
+1/latency, so VGGs do not dominate; on the A76 and the VPU the 18 CNNs and the 1,007 measured networks
+each carry half of the total weight). An fc over r > 1 rows costs max(conv-class cost, fc-class cost),
+so its cost never drops below the single-row cost.
 
 Pricing choice for ops nn-Meter ignores: nn-Meter prices LayerNorm, GELU,
 elementwise multiply and transposes at 0 ms (and on the VPU even ``add``). Those ops
@@ -97,11 +109,18 @@ from latency.kernels import BYTES_PER_ELEMENT, Kernel, trace_kernels
 from latency.nnmeter.semantics import PREDICTOR_KERNELS
 from search_spaces.io import atomic_write_text
 
-CODE_VERSION = "standin-cost-model-2"  # 2: the A76 im2col and strided-conv terms
+# 2: the A76 im2col and strided-conv terms; 3: fitted on measured NAS-Bench-201 latencies too, ReLU fused into a
+# pool, the A76 pool-window and the VPU activation terms, a fixed per-model cost
+CODE_VERSION = "standin-cost-model-3"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CONSTANTS_PATH = DATA_DIR / "standin_constants.json"
 PACKAGED_REFERENCE_CSV = DATA_DIR / "nnmeter_reference_latency.csv"  # package data, in the wheel
-PROVENANCE = "fitted to nn-Meter v1.0 built-in predictor outputs from nn-Meter's test data, MIT"
+PROVENANCE = ("fitted to nn-Meter v1.0 built-in predictor outputs from nn-Meter's test data (MIT); the A76 and the "
+              "Myriad VPU also to whole-network latencies measured on those devices for NAS-Bench-201 networks "
+              "(nn-Meter's dataset, even ids, Open Use of Data Agreement 1.0)")
+# Devices with measured whole-network latencies (latency/nb201.py): fitted on both sources at once.
+MEASURED_KEYS = {"cortexA76cpu_tflite21": "cpu", "myriadvpu_openvino2019r2": "vpu"}
+CV_FOLDS = 5
 REFERENCE_INPUT_SHAPE = (1, 3, 224, 224)
 
 FITTED_DEVICES = (
@@ -138,14 +157,20 @@ A100_ROOFLINE = {
 }
 
 FEATURES = ("conv_macs", "dw_macs", "fc_bytes", "conv_bytes", "mem_bytes", "n_conv", "n_dw", "n_mem",
-            "conv_im2col_bytes", "conv_strided_macs")
+            "conv_im2col_bytes", "conv_strided_macs", "pool_window_bytes", "act_bytes", "n_model")
 BASE_FEATURES = FEATURES[:8]
 # The two convolution terms are fitted for the A76 only (TFLite's CPU convs are im2col + GEMM: a k x k conv
 # writes and reads a k*k*Cin/groups x Hout*Wout patch buffer, a 1x1 conv none; and strided convs ran slower per
 # MAC in nn-Meter's A76 data). Chosen by leave-one-out error among 8 candidate terms and their pairs (selection
 # on the same 18 models: see the held-out check on nn-Meter's torch conversions in latency/data/README.md);
 # every other device keeps the 8 base terms (the extra coefficients are 0).
-DEVICE_FEATURES = {"cortexA76cpu_tflite21": FEATURES}
+# Fitted on the measured NAS-Bench-201 half too (cost model 3), each device gains terms chosen by their k-fold error
+# there and their leave-one-out error on the 18 CNNs (docs/latency.md lists every term tried): the A76 the window
+# reads of a pooling kernel, the VPU the extra cost per byte of an unfused activation; both a fixed per-model cost.
+DEVICE_FEATURES = {
+    "cortexA76cpu_tflite21": BASE_FEATURES + ("conv_im2col_bytes", "conv_strided_macs", "pool_window_bytes", "n_model"),
+    "myriadvpu_openvino2019r2": BASE_FEATURES + ("act_bytes", "n_model"),
+}
 FEATURE_DOC = {
     "conv_macs": "ms per MAC of regular/grouped convs and multi-row fc (GEMM)",
     "dw_macs": "ms per MAC of depthwise convs",
@@ -157,14 +182,25 @@ FEATURE_DOC = {
     "n_mem": "ms overhead per memory-bound kernel",
     "conv_im2col_bytes": "ms per byte of the im2col buffer of a k x k (k > 1) regular/grouped conv (A76 only)",
     "conv_strided_macs": "ms per MAC of regular/grouped convs with stride > 1, on top of conv_macs (A76 only)",
+    "pool_window_bytes": "ms per byte a pooling kernel reads through its windows (output elements x k x k x 4), "
+                         "on top of mem_bytes (A76 only)",
+    "act_bytes": "ms per byte read+written by an unfused activation kernel (hswish, sigmoid, GELU, a ReLU with no "
+                 "producer to fuse into), on top of mem_bytes (VPU only)",
+    "n_model": "ms per model: the runtime's fixed cost per inference, charged once on the first kernel that reads "
+               "the image (the trace's input, <= 4 channels); not under pricing=nnmeter",
 }
+# Without measured rows (e.g. ``measured_rows=0``) the A76 keeps cost model 2's terms.
+REFERENCE_ONLY_FEATURES = {"cortexA76cpu_tflite21": BASE_FEATURES + ("conv_im2col_bytes", "conv_strided_macs")}
 MEMORY_BOUND_TYPES = frozenset({
     "bn", "relu", "add", "mul", "pool", "global_pool", "concat", "layernorm", "gelu", "transpose",
     "channel_shuffle", "softmax", "reduce", "resize",
 })
 _FUSABLE_ACTS = frozenset({"relu", "relu6", "hardtanh"})
 _PRODUCERS_BN = frozenset({"conv", "dwconv", "fc"})
-_PRODUCERS_ACT = frozenset({"conv", "dwconv", "fc", "bn", "add"})
+# TFLite's AVERAGE/MAX_POOL_2D carry a fused activation and OpenVINO fuses a ReLU into pooling: a ReLU right after
+# a pool is free (cost model 3; the measured NAS-Bench-201 VPU latencies show it, see docs/latency.md)
+_PRODUCERS_ACT = frozenset({"conv", "dwconv", "fc", "bn", "add", "pool"})
+ACTIVATION_TYPES = frozenset({"relu", "gelu"})  # pointwise activations: the act_bytes class
 
 DEFAULT_PRICING = PRICINGS[0]
 # nn-Meter regressor of an (unfused) kernel type; None: nn-Meter prices it at 0 ms on every predictor.
@@ -292,34 +328,67 @@ def kernel_feature_rows(kernels: Sequence[Kernel], pricing: str = DEFAULT_PRICIN
     else:
         pairs = list(zip(kernels, fused_mask(kernels), strict=True))
     rows = []
+    model_charged = pricing == "nnmeter"  # nn-Meter sums kernels: no per-model cost
     for k, fused in pairs:
         if fused:
             continue
-        conv_like = _zero()
-        conv_like.update(conv_macs=k.macs, conv_bytes=k.bytes, n_conv=1)
-        if k.type == "conv":
-            f = dict(conv_like)
-            if k.kernel_size > 1 and len(k.output_shape) == 4 and len(k.input_shape) == 4:
-                n, _, h, w = k.output_shape
-                f["conv_im2col_bytes"] = BYTES_PER_ELEMENT * n * h * w * k.kernel_size ** 2 * (
-                    k.input_shape[1] // max(k.groups, 1))
-            if k.stride > 1:
-                f["conv_strided_macs"] = k.macs
-            alts = [f]
-        elif k.type == "dwconv":
-            f = _zero()
-            f.update(dw_macs=k.macs, conv_bytes=k.bytes, n_dw=1)
-            alts = [f]
-        elif k.type == "fc":
-            gemv = _zero()
-            gemv.update(fc_bytes=k.bytes, n_conv=1)
-            alts = [gemv] if _fc_rows(k) <= 1 else [conv_like, gemv]
-        else:  # memory-bound (MEMORY_BOUND_TYPES and anything unknown)
-            f = _zero()
-            f.update(mem_bytes=k.bytes, n_mem=1)
-            alts = [f]
+        alts = kernel_alternatives(k)
+        if not model_charged and _reads_image(k):
+            model_charged = True
+            for f in alts:
+                f["n_model"] = 1.0
         rows.append((k, alts))
     return rows
+
+
+def _reads_image(k: Kernel) -> bool:
+    """True for a kernel reading the traced module's input (tensor id 0) when that is an image (<= 4 channels)."""
+    return 0 in k.in_ids and len(k.input_shape) == 4 and int(k.input_shape[1]) <= 4
+
+
+def _window_bytes(k: Kernel) -> float:
+    """Bytes a pooling kernel reads through its windows: output elements x window area x 4."""
+    if len(k.output_shape) != 4 or len(k.input_shape) != 4:
+        return 0.0
+    n, c, h, w = k.output_shape
+    if k.kernel_size > 0:
+        area = k.kernel_size ** 2
+    else:  # adaptive pooling: the window that tiles the input
+        area = math.ceil(k.input_shape[2] / max(h, 1)) * math.ceil(k.input_shape[3] / max(w, 1))
+    return float(BYTES_PER_ELEMENT * n * c * h * w * area)
+
+
+def kernel_alternatives(k: Kernel) -> list[dict[str, float]]:
+    """The alternative feature vectors of one unfused kernel (its cost is the max over them; usually one);
+    without the per-model term, which :func:`kernel_feature_rows` adds."""
+    conv_like = _zero()
+    conv_like.update(conv_macs=k.macs, conv_bytes=k.bytes, n_conv=1)
+    if k.type == "conv":
+        f = dict(conv_like)
+        if k.kernel_size > 1 and len(k.output_shape) == 4 and len(k.input_shape) == 4:
+            n, _, h, w = k.output_shape
+            f["conv_im2col_bytes"] = BYTES_PER_ELEMENT * n * h * w * k.kernel_size ** 2 * (
+                k.input_shape[1] // max(k.groups, 1))
+        if k.stride > 1:
+            f["conv_strided_macs"] = k.macs
+        alts = [f]
+    elif k.type == "dwconv":
+        f = _zero()
+        f.update(dw_macs=k.macs, conv_bytes=k.bytes, n_dw=1)
+        alts = [f]
+    elif k.type == "fc":
+        gemv = _zero()
+        gemv.update(fc_bytes=k.bytes, n_conv=1)
+        alts = [gemv] if _fc_rows(k) <= 1 else [conv_like, gemv]
+    else:  # memory-bound (MEMORY_BOUND_TYPES and anything unknown)
+        f = _zero()
+        f.update(mem_bytes=k.bytes, n_mem=1)
+        if k.type == "pool":
+            f["pool_window_bytes"] = _window_bytes(k)
+        elif k.type in ACTIVATION_TYPES:
+            f["act_bytes"] = k.bytes
+        alts = [f]
+    return alts
 
 
 def kernel_features(kernels: Sequence[Kernel]) -> dict[str, float]:
@@ -362,9 +431,11 @@ class StandinPredictor:
             r = self.roofline
             t = max(2.0 * k.macs / r["peak_flops"], k.bytes / r["hbm_bandwidth_Bps"]) + r["kernel_launch_s"]
             return 1e3 * t
-        if alts is None:
+        if alts is None and self.pricing == "nnmeter":
             rows = kernel_feature_rows([k], self.pricing, self.device_key)
             alts = rows[0][1] if rows else [_zero()]
+        elif alts is None:  # one kernel on its own: no per-model cost
+            alts = kernel_alternatives(k)
         return max(_dot(self.coefficients, f) for f in alts)
 
     def breakdown_ms(self, kernels: Sequence[Kernel]) -> dict[str, float]:
@@ -386,7 +457,8 @@ class StandinPredictor:
         if self.pricing == "nnmeter":
             device = replace(self, pricing="device")
             return [0.0 if v is None else device.kernel_ms(v) for v in nnmeter_kernels(kernels, self.device_key)]
-        return [0.0 if fused else self.kernel_ms(k) for k, fused in zip(kernels, fused_mask(kernels), strict=True)]
+        priced = {id(k): alts for k, alts in kernel_feature_rows(kernels, "device", self.device_key)}
+        return [self.kernel_ms(k, priced[id(k)]) if id(k) in priced else 0.0 for k in kernels]
 
     def kernels_ms(self, kernels: Sequence[Kernel]) -> float:
         return float(sum(self.breakdown_ms(kernels).values()))
@@ -431,14 +503,21 @@ def load_standin(device_key: str, constants_path: str | Path | None = None, pric
     note = pricing_note(pricing, device_key)
     # device pricing keeps the version (and table keys) it had before pricings existed
     version = _hash(CODE_VERSION, device_key, raw.decode(), *(() if pricing == "device" else (pricing,)))
-    return StandinPredictor(device_key=device_key, coefficients=coef, error_note=_error_note(dev["loo"]),
+    return StandinPredictor(device_key=device_key, coefficients=coef, error_note=_error_note(dev),
                             version=version, provenance=f"{STANDIN}, {note}" if note else STANDIN,
                             pricing=pricing)
 
 
-def _error_note(loo: dict) -> str:
-    return (f"stand-in LOO MAPE {loo['mape_pct']:.1f}%, {loo['within_10_pct']:.0f}% within +-10% "
+def _error_note(dev: dict) -> str:
+    """What the stand-in was calibrated on and its held-out error there, for every number's note."""
+    loo = dev["loo"]
+    note = (f"stand-in LOO MAPE {loo['mape_pct']:.1f}%, {loo['within_10_pct']:.0f}% within +-10% "
             f"vs nn-Meter reference ({loo['n_models']} CNNs)")
+    if "measured" in dev:
+        cv = dev["measured"]["cv"]
+        note += (f"; measured on the device: {cv['folds']}-fold CV MAPE {cv['mape_pct']:.1f}%, "
+                 f"{cv['within_10_pct']:.0f}% within +-10% ({cv['n_models']} NAS-Bench-201 nets, 32 px)")
+    return note
 
 
 # --------------------------------------------------------------------------- fitting
@@ -480,42 +559,89 @@ def reference_features(models: Iterable[str]) -> pd.DataFrame:
     return pd.DataFrame([_reference_feature_row(m) for m in models], index=models, columns=list(FEATURES))
 
 
-def _solve(X: np.ndarray, y: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    """min sum(((X c - y) / y)^2) s.t. c >= lower, on column-scaled X."""
-    from scipy.optimize import lsq_linear
+def measured_features(device_key: str, rows: int | None = None) -> tuple[pd.DataFrame, pd.Series]:
+    """Feature rows and measured latency (ms) of the packaged NAS-Bench-201 half measured on ``device_key``
+    (:mod:`latency.nb201`; the first ``rows`` rows, all by default), indexed by nn-Meter's model id."""
+    from latency.nb201 import fold_cell, parse_arch, read_measured
 
+    df = read_measured(MEASURED_KEYS[device_key])
+    df = df if rows is None else df.head(rows)
+    feats = [_nb201_feature_row(fold_cell(parse_arch(a))) for a in df["arch_str"]]
+    ids = df["id"].astype(int).to_numpy()
+    return (pd.DataFrame(feats, index=ids, columns=list(FEATURES)),
+            pd.Series(df["measured_ms"].to_numpy(dtype=float), index=ids, name="measured_ms"))
+
+
+@functools.cache
+def _nb201_feature_row(folded) -> tuple[float, ...]:
+    from latency.nb201 import INPUT_SHAPE, build_folded
+
+    f = kernel_features(trace_kernels(build_folded(folded), INPUT_SHAPE))
+    return tuple(f[k] for k in FEATURES)
+
+
+def solve_relative(X: np.ndarray, y: np.ndarray, lower: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+    """min sum((weight * (X c - y) / y)^2) s.t. c >= lower: scipy's least_squares (trust-region reflective) on
+    column-scaled X; the problem is linear, so the Jacobian is constant."""
+    from scipy.optimize import least_squares
+
+    w = np.ones_like(y) if weight is None else weight
     scale = X.max(axis=0)
     scale[scale <= 0] = 1.0
-    A = (X / scale) / y[:, None]
+    A = (X / scale) * (w / y)[:, None]
     lb = lower * scale
-    ub = np.full_like(lb, np.inf)
-    res = lsq_linear(A, np.ones_like(y), bounds=(lb, ub), method="bvls")
+    res = least_squares(lambda c: A @ c - w, lb + 0.1, jac=lambda c: A, bounds=(lb, np.inf), method="trf",
+                        ftol=1e-12, xtol=1e-12, gtol=1e-12)
     return np.maximum(res.x, lb) / scale
 
 
+def _errors(frame: pd.DataFrame, truth: str, cols: Sequence[str]) -> pd.DataFrame:
+    for c in cols:
+        frame[c.replace("_ms", "_error_pct")] = 100.0 * (frame[c] - frame[truth]) / frame[truth]
+    return frame
+
+
 def fit_device(features: pd.DataFrame, reference_ms: pd.Series, lower: dict[str, float] | None = None,
-               terms: Sequence[str] = BASE_FEATURES) -> tuple[dict[str, float], pd.DataFrame]:
-    """Fit one device on the cost terms ``terms`` (the others are 0); returns (coefficients, per-model frame
-    with fit and leave-one-out predictions)."""
+               terms: Sequence[str] = BASE_FEATURES, measured: tuple[pd.DataFrame, pd.Series] | None = None,
+               folds: int = CV_FOLDS, seed: int = 0) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame]:
+    """Fit one device on the cost terms ``terms`` (the others are 0) to the reference CNNs and, if given, the
+    ``measured`` (features, ms) rows at once, on the relative error; with measured rows each source carries half
+    of the total weight. Returns (coefficients, reference frame with fit and leave-one-out predictions, measured
+    frame with fit and ``folds``-fold cross-validated predictions; empty without measured rows)."""
     names = list(reference_ms.index)
     terms = [f for f in FEATURES if f in terms]
-    X = features.loc[names, terms].to_numpy(dtype=float)
-    y = reference_ms.to_numpy(dtype=float)
+    Xr = features.loc[names, terms].to_numpy(dtype=float)
+    yr = reference_ms.to_numpy(dtype=float)
+    Xm = measured[0][terms].to_numpy(dtype=float) if measured is not None else np.zeros((0, len(terms)))
+    ym = measured[1].to_numpy(dtype=float) if measured is not None else np.zeros(0)
+    wr = np.full(len(yr), math.sqrt(len(ym) / len(yr)) if len(ym) else 1.0)
     lb = np.array([(lower or {}).get(f, 0.0) for f in terms])
-    coef = _solve(X, y, lb)
-    loo = np.full(len(y), np.nan)
-    if len(y) >= 3:
-        for i in range(len(y)):
-            keep = np.arange(len(y)) != i
-            loo[i] = X[i] @ _solve(X[keep], y[keep], lb)
-    frame = pd.DataFrame({"model": names, "reference_ms": y, "fit_ms": X @ coef, "loo_ms": loo})
-    frame["fit_error_pct"] = 100.0 * (frame.fit_ms - frame.reference_ms) / frame.reference_ms
-    frame["loo_error_pct"] = 100.0 * (frame.loo_ms - frame.reference_ms) / frame.reference_ms
+
+    def solve(keep_r: np.ndarray, keep_m: np.ndarray) -> np.ndarray:
+        return solve_relative(np.vstack([Xr[keep_r], Xm[keep_m]]), np.concatenate([yr[keep_r], ym[keep_m]]), lb,
+                      np.concatenate([wr[keep_r], np.ones(int(keep_m.sum()))]))
+
+    all_r, all_m = np.ones(len(yr), bool), np.ones(len(ym), bool)
+    coef = solve(all_r, all_m)
+    loo = np.full(len(yr), np.nan)
+    if len(yr) >= 3:
+        for i in range(len(yr)):
+            loo[i] = Xr[i] @ solve(np.arange(len(yr)) != i, all_m)
+    frame = _errors(pd.DataFrame({"model": names, "reference_ms": yr, "fit_ms": Xr @ coef, "loo_ms": loo}),
+                    "reference_ms", ("fit_ms", "loo_ms"))
+    cv = np.full(len(ym), np.nan)
+    fold = np.random.default_rng(seed).permutation(len(ym)) % folds
+    for f in range(folds if len(ym) >= folds else 0):
+        cv[fold == f] = Xm[fold == f] @ solve(all_r, fold != f)
+    ids = measured[1].index if measured is not None else []
+    mframe = _errors(pd.DataFrame({"id": ids, "measured_ms": ym, "fit_ms": Xm @ coef, "cv_ms": cv}),
+                     "measured_ms", ("fit_ms", "cv_ms"))
     fitted = dict(zip(terms, map(float, coef), strict=True))
-    return {f: fitted.get(f, 0.0) for f in FEATURES}, frame
+    return {f: fitted.get(f, 0.0) for f in FEATURES}, frame, mframe
 
 
 REPORT_COLUMNS = ("model", "device", "reference_ms", "fit_ms", "loo_ms", "fit_error_pct", "loo_error_pct")
+MEASURED_COLUMNS = ("id", "device", "measured_ms", "fit_ms", "cv_ms", "fit_error_pct", "cv_error_pct")
 
 
 def loo_summary(report: pd.DataFrame) -> pd.DataFrame:
@@ -530,13 +656,23 @@ def loo_summary(report: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fit_standins(reference_csv: str | Path | None = None, *, models: Sequence[str] | None = None,
-                 devices: Sequence[str] | None = None) -> tuple[dict, pd.DataFrame]:
-    """Fit the stand-ins to nn-Meter's reference predictions.
+def accuracy(predicted_ms: np.ndarray, truth_ms: np.ndarray) -> dict[str, float]:
+    """MAPE, share within +-10%, worst error (%), Spearman rank correlation, median predicted / truth."""
+    from scipy.stats import spearmanr
 
-    Returns ``(constants, report)``: the JSON-ready constants (coefficients, LOO stats per device,
-    provenance) and a per-model report with columns :data:`REPORT_COLUMNS`.
-    """
+    p, t = np.asarray(predicted_ms, dtype=float), np.asarray(truth_ms, dtype=float)
+    e = np.abs(100.0 * (p - t) / t)
+    rho = float(spearmanr(p, t)[0]) if len(t) > 2 else math.nan
+    return {"n_models": len(t), "mape_pct": float(e.mean()), "within_10_pct": float(100.0 * (e <= 10.0).mean()),
+            "max_abs_error_pct": float(e.max()), "spearman": rho, "median_ratio": float(np.median(p / t))}
+
+
+def fit_all(reference_csv: str | Path | None = None, *, models: Sequence[str] | None = None,
+            devices: Sequence[str] | None = None, measured_rows: int | None = None, folds: int = CV_FOLDS
+            ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """:func:`fit_standins` and the per-network frame of the measured rows (columns :data:`MEASURED_COLUMNS`:
+    in-sample fit and ``folds``-fold cross-validated predictions); ``measured_rows`` limits those rows (the
+    first n; ``0``: fit the reference CNNs alone)."""
     from latency.reference_nets import REFERENCE_NETS
 
     path = Path(reference_csv) if reference_csv is not None else default_reference_csv()
@@ -548,16 +684,18 @@ def fit_standins(reference_csv: str | Path | None = None, *, models: Sequence[st
         raise ValueError(f"no PyTorch builder for reference model(s) {unknown}")
     feats = reference_features(wanted)
     constants: dict = {
-        "schema": 1,
+        "schema": 2,
         "code_version": CODE_VERSION,
         "provenance": PROVENANCE,
         "fitted_from": path.name,
+        "measured_from": {},
         "fitted_on": _dt.date.today().isoformat(),
         "input_shape": list(REFERENCE_INPUT_SHAPE),
+        "solver": "scipy.optimize.least_squares (trf), relative error, coefficients >= lower bounds",
         "cost_model": FEATURE_DOC,
         "devices": {},
     }
-    frames = []
+    frames, mframes = [], []
     for dev in devices:
         if dev not in FITTED_DEVICES:
             raise ValueError(f"cannot fit {dev!r}; fitted devices: {', '.join(FITTED_DEVICES)}")
@@ -565,12 +703,15 @@ def fit_standins(reference_csv: str | Path | None = None, *, models: Sequence[st
         r = r[r.index.isin(wanted)]
         r = r.loc[[m for m in wanted if m in r.index]]
         lower = {"mem_bytes": 1e3 / PEAK_DRAM_BANDWIDTH[dev]}
-        terms = DEVICE_FEATURES.get(dev, BASE_FEATURES)
-        coef, frame = fit_device(feats, r, lower, terms)
+        measured = (measured_features(dev, measured_rows) if dev in MEASURED_KEYS and measured_rows != 0
+                    else None)
+        terms = (DEVICE_FEATURES if measured is not None else REFERENCE_ONLY_FEATURES).get(dev, BASE_FEATURES)
+        coef, frame, mframe = fit_device(feats, r, lower, terms, measured, folds)
         frame.insert(1, "device", dev)
+        mframe.insert(1, "device", dev)
         frames.append(frame)
         s = loo_summary(frame).iloc[0]
-        constants["devices"][dev] = {
+        entry = {
             "coefficients": coef,
             "lower_bounds": lower,
             "terms": list(terms),
@@ -582,9 +723,36 @@ def fit_standins(reference_csv: str | Path | None = None, *, models: Sequence[st
             "loo_error_pct": {m: round(float(e), 2) for m, e in zip(frame.model, frame.loo_error_pct,
                                                                      strict=True)},
         }
+        if measured is not None:
+            from latency.nb201 import measured_csv
+
+            mframes.append(mframe)
+            constants["measured_from"][dev] = measured_csv(MEASURED_KEYS[dev]).name
+            cv = accuracy(mframe["cv_ms"].to_numpy(), mframe["measured_ms"].to_numpy())
+            entry["measured"] = {
+                "source": measured_csv(MEASURED_KEYS[dev]).name, "input_shape": [1, 3, 32, 32],
+                "weights": {"reference": round(math.sqrt(len(mframe) / len(frame)), 4), "measured": 1.0},
+                "cv": {"folds": folds, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in cv.items()}},
+                "fit_mape_pct": round(float(mframe["fit_error_pct"].abs().mean()), 2),
+            }
+        constants["devices"][dev] = entry
     constants["a100"] = {**A100_ROOFLINE, "fitted": False}
     report = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(REPORT_COLUMNS))
-    return constants, report[list(REPORT_COLUMNS)]
+    mreport = (pd.concat(mframes, ignore_index=True) if mframes else pd.DataFrame(columns=list(MEASURED_COLUMNS)))
+    return constants, report[list(REPORT_COLUMNS)], mreport[list(MEASURED_COLUMNS)]
+
+
+def fit_standins(reference_csv: str | Path | None = None, *, models: Sequence[str] | None = None,
+                 devices: Sequence[str] | None = None, measured_rows: int | None = None) -> tuple[dict, pd.DataFrame]:
+    """Fit the stand-ins: every device to nn-Meter's reference predictions, the A76 and the VPU also to the
+    measured NAS-Bench-201 half at once (``measured_rows``: its first n rows; 0: none).
+
+    Returns ``(constants, report)``: the JSON-ready constants (coefficients, LOO stats per device, the measured
+    rows' k-fold error, provenance) and a per-model report of the reference CNNs with columns
+    :data:`REPORT_COLUMNS`.
+    """
+    constants, report, _ = fit_all(reference_csv, models=models, devices=devices, measured_rows=measured_rows)
+    return constants, report
 
 
 def write_constants(constants: dict, path: str | Path = CONSTANTS_PATH) -> Path:
@@ -624,6 +792,12 @@ def _print_report(constants_path: Path, reference_csv: Path | None) -> None:
         loo = constants["devices"][dev]["loo"]
         print(f"  {dev:26s} LOO MAPE {loo['mape_pct']:5.1f}%  within +-10%: {loo['within_10_pct']:5.1f}%  "
               f"worst {loo['max_abs_error_pct']:5.1f}%  (n={loo['n_models']})")
+    for dev in devices:
+        if "measured" in constants["devices"][dev]:
+            cv = constants["devices"][dev]["measured"]["cv"]
+            print(f"  {dev:26s} measured NAS-Bench-201 {cv['folds']}-fold CV MAPE {cv['mape_pct']:5.1f}%  "
+                  f"within +-10%: {cv['within_10_pct']:5.1f}%  Spearman {cv['spearman']:.3f}  "
+                  f"median ratio {cv['median_ratio']:.3f}  (n={cv['n_models']})")
     print("  a100                       uncalibrated roofline (not fitted)")
 
 
@@ -641,6 +815,11 @@ def run(cfg: DictConfig) -> int:
         fitted, report = fit_standins(csv)
         out = write_constants(fitted, constants)
         print(loo_summary(report).to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+        for dev, d in fitted["devices"].items():
+            if "measured" in d:
+                cv = d["measured"]["cv"]
+                print(f"{dev}: measured {cv['folds']}-fold CV MAPE {cv['mape_pct']:.1f}%, "
+                      f"{cv['within_10_pct']:.1f}% within +-10%, Spearman {cv['spearman']:.3f}")
         print(f"wrote {out}")
     else:
         _print_report(constants, csv)
