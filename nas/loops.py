@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from nas.accelerator import Accelerator, shares_gpus
 from nas.data import make_loader
@@ -157,6 +157,14 @@ def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
     for ts, flat in _flat_groups(tensors):
         dist.all_reduce(flat)
         _unflatten_(ts, flat.div_(world))
+
+
+def shard(dataset):
+    """This process's share of an evaluation set (every ``world_size``-th image from its rank on): :func:`evaluate`
+    sums the counts over the processes, so the score is the whole set's, and extra GPUs divide the work."""
+    if not _distributed():
+        return dataset
+    return Subset(dataset, range(dist.get_rank(), len(dataset), dist.get_world_size()))
 
 
 def broadcast_(tensors: list[torch.Tensor], src: int = 0) -> None:

@@ -89,6 +89,7 @@ from nas.loops import (
     seed_everything,
     set_lr,
     set_threads,
+    shard,
 )
 from nas.report import append_results_row
 from nas.runlock import run_folder
@@ -436,7 +437,7 @@ def end_epoch(cfg: DictConfig, setup: Setup, st: State, stats: dict, run_dir: Pa
     """Held-out accuracy of the current argmax path, latencies, logs and the checkpoint."""
     model = st.model
     model.pin(model.export().choices)
-    val = evaluate(model, make_loader(setup.val_part, 256, False, 0), setup.accel)
+    val = evaluate(model, make_loader(shard(setup.val_part), 256, False, 0), setup.accel)
     with torch.no_grad():
         e_lat = {n: model.expected_latency_ms(st.luts[n], t.fixed_ms).item() for n, t in setup.tables.items()}
     row = {"epoch": st.epoch, "phase": "search" if stats["joint"] else "warm-up", "step": st.step,
@@ -549,7 +550,7 @@ def train_standalone(cfg: DictConfig, setup: Setup, arch: Arch) -> float:
             if step == total:
                 break
         epoch += 1
-    return evaluate(net, make_loader(setup.val_part, 256, False, 0), accel)["top1"]
+    return evaluate(net, make_loader(shard(setup.val_part), 256, False, 0), accel)["top1"]
 
 
 def _naswot_pick(cfg: DictConfig, setup: Setup, candidates: list[tuple[str, ...]], names: list[list[str]],
@@ -570,7 +571,7 @@ def _naswot_pick(cfg: DictConfig, setup: Setup, candidates: list[tuple[str, ...]
 def _score(model, candidates: list[tuple[str, ...]], images, names: list[list[str]],
            log_probs: list[list[float]], setup: Setup, desc: str) -> list[dict]:
     """Each candidate pinned in the supernet and evaluated on ``images`` with the inherited weights."""
-    loader = make_loader(images, 256, False, 0)
+    loader = make_loader(shard(images), 256, False, 0)  # each rank scores its share
     scored = []
     for choices in tqdm(candidates, desc=desc, leave=False):
         model.pin(choices)
@@ -600,7 +601,7 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
                for n, t in setup.tables.items()}
     used = latency[device]["ms"] / target_ms
     model.pin(choices)
-    val_top1 = evaluate(model, make_loader(setup.val_part, 256, False, 0), setup.accel)["top1"]
+    val_top1 = evaluate(model, make_loader(shard(setup.val_part), 256, False, 0), setup.accel)["top1"]
     meta = {
         "search": {"device": device, "target_ms": target_ms, "loss": cfg.loss.kind, "mode": cfg.mode,
                    "sampling": cfg.train.sampling, "seed": cfg.seed, "dataset": cfg.dataset.name,

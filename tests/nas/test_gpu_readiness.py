@@ -167,6 +167,36 @@ def test_gradients_are_averaged_in_one_flattened_all_reduce(tmp_path):
         assert got == {"ok": True, "calls": [5 + 48 + 1]}
 
 
+def _eval_set():
+    from nas.data import TensorImageDataset
+    g = torch.Generator().manual_seed(0)
+    images, targets = torch.randn(301, 1, 4, 4, generator=g), torch.randint(3, (301,), generator=g)
+    return TensorImageDataset(images, targets, list("abc"))
+
+
+def _eval_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+
+
+def _shard_worker(rank: int, out: str) -> None:
+    from nas.data import make_loader
+    from nas.loops import evaluate, shard
+    part = shard(_eval_set())
+    res = evaluate(_eval_net(), make_loader(part, 64, False, 0))
+    (Path(out) / f"eval-{rank}").write_text(json.dumps({"n": len(part), "top1": res["top1"]}))
+
+
+def test_ranks_evaluate_their_share_and_agree_on_the_whole_sets_score(tmp_path):
+    from nas.data import make_loader
+    from nas.loops import evaluate
+    whole = evaluate(_eval_net(), make_loader(_eval_set(), 64, False, 0))["top1"]
+    _spawn(_shard_worker, str(tmp_path))
+    got = [json.loads((tmp_path / f"eval-{r}").read_text()) for r in (0, 1)]
+    assert [g["n"] for g in got] == [151, 150]
+    assert got[0]["top1"] == got[1]["top1"] == whole
+
+
 @pytest.mark.slow
 def test_a_ddp_weight_step_all_reduces_only_the_path_that_trained(tmp_path):
     b = ddp_bytes(tmp_path)
