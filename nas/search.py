@@ -347,7 +347,7 @@ def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info:
     model.train()
     bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{total_epochs} {'search' if joint else 'warm-up'}",
                disable=not dist_info.is_main, leave=False)
-    steps = _StepLog(cfg, epoch, st, run_dir, writer, bar if dist_info.is_main else None)
+    steps = _StepLog(cfg, epoch, st, run_dir, writer, bar if dist_info.is_main else None, dist_info.enabled)
     val_iter = accel.batches(val_loader)
     reduce = sync.reduce if sync is not None else None
     for x, y in accel.batches(bar):
@@ -384,8 +384,10 @@ class _StepLog:
     """The hot loop's statistics, kept on the device and read in one go by :meth:`flush`, which also stops a
     diverged search with the message an immediate check would give (the step that went non-finite)."""
 
-    def __init__(self, cfg: DictConfig, epoch: int, st: State, run_dir: Path, writer, bar) -> None:
+    def __init__(self, cfg: DictConfig, epoch: int, st: State, run_dir: Path, writer, bar,
+                 distributed: bool = False) -> None:
         self.cfg, self.epoch, self.st, self.run_dir, self.writer, self.bar = cfg, epoch, st, run_dir, writer, bar
+        self.distributed = distributed
         self.stats = {"loss": [], "acc": [], "arch_loss": [], "arch_ce": [], "joint": epoch >= cfg.train.warmup_epochs}
         self.pending: list[tuple[int, tuple[torch.Tensor, ...]]] = []  # (global step before it, values)
 
@@ -400,7 +402,12 @@ class _StepLog:
         if not self.pending and expected_ms is None:
             return
         values = [v for _, vs in self.pending for v in vs] + ([expected_ms] if expected_ms is not None else [])
-        flat = torch.stack([v.double() for v in values]).cpu().numpy().tolist()  # the one host read
+        stacked = torch.stack([v.double() for v in values])
+        if self.distributed:  # a value non-finite on any rank is NaN on every rank: all stop at the same step
+            bad = (~torch.isfinite(stacked)).double()
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+            stacked = torch.where((bad > 0) & torch.isfinite(stacked), torch.nan, stacked)
+        flat = stacked.cpu().numpy().tolist()  # the one host read
         at = 0
         for step, vs in self.pending:
             row, at = flat[at:at + len(vs)], at + len(vs)

@@ -167,6 +167,32 @@ def test_gradients_are_averaged_in_one_flattened_all_reduce(tmp_path):
         assert got == {"ok": True, "calls": [5 + 48 + 1]}
 
 
+def _diverging_worker(rank: int, out: str) -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from nas.loops import TrainingDiverged
+    from nas.search import _StepLog
+    cfg = OmegaConf.create({"train": {"warmup_epochs": 0, "lr": 1.0}, "arch": {"lr": 1.0}})
+    log = _StepLog(cfg, 0, SimpleNamespace(step=0, epoch=0), Path(out), None, None, distributed=True)
+    for step in range(3):
+        log.st.step = step
+        loss = torch.tensor(float("nan") if rank == 1 and step == 1 else 1.0)
+        log.weight(loss, torch.tensor(0.5))
+    try:
+        log.flush()
+        (Path(out) / f"diverged-{rank}").write_text("no")
+    except TrainingDiverged as e:
+        (Path(out) / f"diverged-{rank}").write_text(str(e))
+
+
+def test_a_loss_that_diverged_on_one_rank_stops_every_rank_at_that_step(tmp_path):
+    _spawn(_diverging_worker, str(tmp_path))
+    for r in (0, 1):
+        assert (tmp_path / f"diverged-{r}").read_text().startswith("supernet loss is nan at epoch 1, global step 1")
+
+
 def _eval_set():
     from nas.data import TensorImageDataset
     g = torch.Generator().manual_seed(0)
