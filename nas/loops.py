@@ -63,7 +63,8 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, accel: Accelerator | None = None) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: DataLoader, accel: Accelerator | None = None,
+             reduce: bool = True) -> dict[str, float]:
     """Top-1 accuracy and mean cross-entropy over a loader (summed over ranks when distributed), on
     ``accel``'s device and in its precision (the model's device, float32, without one)."""
     accel = accel or Accelerator(next(model.parameters()).device)
@@ -81,7 +82,7 @@ def evaluate(model: nn.Module, loader: DataLoader, accel: Accelerator | None = N
     model.train(was_training)
     t = torch.stack([correct.double(), torch.tensor(float(total), dtype=torch.float64, device=accel.device),
                      loss_sum])
-    if dist.is_available() and dist.is_initialized():
+    if reduce and dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     correct, total, loss_sum = t.tolist()
     return {"top1": correct / max(total, 1), "loss": loss_sum / max(total, 1)}
@@ -157,6 +158,11 @@ def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
     for ts, flat in _flat_groups(tensors):
         dist.all_reduce(flat)
         _unflatten_(ts, flat.div_(world))
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes ((0, 1) outside a process group)."""
+    return (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
 
 
 def shard(dataset):

@@ -86,6 +86,7 @@ from nas.loops import (
     evaluate,
     init_distributed,
     rank0_builds,
+    rank_and_world,
     seed_everything,
     set_lr,
     set_threads,
@@ -517,9 +518,9 @@ def _train_pick(cfg: DictConfig, setup: Setup, scored: list[dict], how: str) -> 
     same batches (common random numbers), so their scores differ by architecture, not by draw."""
     top = sorted(scored, key=lambda r: -r["val_top1"])[:int(cfg.derive.finalists)]
     rest = [dict(r, finalist=False) for r in scored if r not in top]
-    trained = [dict(r, supernet_top1=r.pop("val_top1"), images=len(setup.val_part),
-                    val_top1=train_standalone(cfg, setup, setup.train_space.arch(r["choices"])))
-               for r in tqdm(top, desc="training finalists", leave=False)]
+    scores = _finalist_scores(cfg, setup, top)
+    trained = [dict(r, supernet_top1=r.pop("val_top1"), images=len(setup.val_part), val_top1=score)
+               for r, score in zip(top, scores, strict=True)]
     best = max(trained, key=lambda r: (r["val_top1"], r["log_prob"]))
     epochs = float(cfg.derive.train_epochs)
     return best["choices"], (f"train: best held-out top-1 of the {len(trained)} best of {how} (by supernet "
@@ -527,10 +528,26 @@ def _train_pick(cfg: DictConfig, setup: Setup, scored: list[dict], how: str) -> 
                              f"{len(setup.train_part)} images"), trained + rest
 
 
-def train_standalone(cfg: DictConfig, setup: Setup, arch: Arch) -> float:
+def _finalist_scores(cfg: DictConfig, setup: Setup, top: list[dict]) -> list[float]:
+    """Each finalist's :func:`train_standalone` top-1. Under DDP rank r trains finalists r, r + world, ... alone
+    and the scores are gathered, so extra GPUs divide the work (each finalist's result does not depend on
+    which rank trained it: the same seed, the same batches)."""
+    rank, world = rank_and_world()
+    mine = {i: train_standalone(cfg, setup, setup.train_space.arch(r["choices"]), alone=world > 1)
+            for i, r in enumerate(tqdm(top, desc="training finalists", leave=False)) if i % world == rank}
+    if world > 1:
+        import torch.distributed as dist
+        gathered: list[dict[int, float] | None] = [None] * world
+        dist.all_gather_object(gathered, mine)
+        mine = {i: score for part in gathered for i, score in part.items()}
+    return [mine[i] for i in range(len(top))]
+
+
+def train_standalone(cfg: DictConfig, setup: Setup, arch: Arch, alone: bool = False) -> float:
     """Held-out top-1 of ``arch`` trained from scratch for ``derive.train_epochs`` epochs of the search's
     training split: AdamW with the search's lr, weight decay, label smoothing and clipping, linear warm-up over
-    the first half of the steps and cosine to 0 over the second (the retrain recipe's shape, shortened)."""
+    the first half of the steps and cosine to 0 over the second (the retrain recipe's shape, shortened).
+    ``alone``: this process trains it by itself under DDP (scored on the whole split, nothing all-reduced)."""
     tc, shared = cfg.train, setup.accel
     # its own loss scaler at precision=16: each finalist starts from the initial scale, not the last one's
     accel = Accelerator(shared.device, shared.precision, shared.channels_last)
@@ -557,6 +574,8 @@ def train_standalone(cfg: DictConfig, setup: Setup, arch: Arch) -> float:
             if step == total:
                 break
         epoch += 1
+    if alone:
+        return evaluate(net, make_loader(setup.val_part, 256, False, 0), accel, reduce=False)["top1"]
     return evaluate(net, make_loader(shard(setup.val_part), 256, False, 0), accel)["top1"]
 
 

@@ -193,6 +193,31 @@ def test_a_loss_that_diverged_on_one_rank_stops_every_rank_at_that_step(tmp_path
         assert (tmp_path / f"diverged-{r}").read_text().startswith("supernet loss is nan at epoch 1, global step 1")
 
 
+def _finalists_worker(rank: int, out: str) -> None:
+    import nas.search
+
+    def fake(cfg, setup, arch, alone=False):
+        (Path(out) / f"trained-{rank}-{arch.choices[0]}").write_text(str(alone))
+        return float(len(arch.choices[0]))
+
+    nas.search.train_standalone = fake
+    setup = type("Setup", (), {"train_space": get_space("quadra").with_input((1, 16, 16), 10, 2)})()
+    names = ["identity", "quadra_k3_e2", "quadra_k5_e2", "quadra_k7_e2", "quadra_k3_e4"]
+    top = [{"choices": [n] + ["identity"] * 19} for n in names]
+    scores = nas.search._finalist_scores(None, setup, top)
+    (Path(out) / f"scores-{rank}").write_text(json.dumps(scores))
+
+
+def test_ranks_share_the_finalists_and_gather_every_score(tmp_path):
+    _spawn(_finalists_worker, str(tmp_path))
+    expected = [8.0, 12.0, 12.0, 12.0, 12.0]
+    assert all(json.loads((tmp_path / f"scores-{r}").read_text()) == expected for r in (0, 1))
+    trained = sorted(p.name for p in tmp_path.glob("trained-*"))
+    assert trained == ["trained-0-identity", "trained-0-quadra_k3_e4", "trained-0-quadra_k5_e2",
+                       "trained-1-quadra_k3_e2", "trained-1-quadra_k7_e2"]
+    assert all(p.read_text() == "True" for p in tmp_path.glob("trained-*"))  # alone: no collective inside
+
+
 def _eval_set():
     from nas.data import TensorImageDataset
     g = torch.Generator().manual_seed(0)
