@@ -81,13 +81,15 @@ def recorded_dataset(arch_path: str | Path) -> str | None:
 def check_runs(arch: Arch, label: str) -> None:
     """One forward at the architecture's own input shape, so that maps shrunk below a kernel (a 224-pixel
     stem stride on 28x28 images, say) fail here with the input and stride named, not in the first step."""
-    shape = tuple(arch.macro.input_shape)
+    shape, stride = tuple(arch.macro.input_shape), arch.macro.stem_stride
     try:
-        build_net(arch).eval()(torch.zeros(1, *shape))
+        with torch.random.fork_rng(devices=[]):  # the global RNG streams stay as they were
+            build_net(arch).eval()(torch.zeros(1, *shape))
     except RuntimeError as e:
-        raise ArchError(f"{label}: the network does not run at input {list(shape)} with stem stride "
-                        f"{arch.macro.stem_stride} ({str(e).splitlines()[0]}); at this input size use stem stride "
-                        f"{stem_stride_for(shape)}") from None
+        advice = (f"at this input size use stem stride {stem_stride_for(shape)}" if stem_stride_for(shape) != stride
+                  else "the input is too small for its downsampling: use a larger dataset.image_size")
+        raise ArchError(f"{label}: the network does not run at input {list(shape)} with stem stride {stride} "
+                        f"({str(e).splitlines()[0]}); {advice}") from None
 
 
 def resolve_job(cfg: DictConfig, info: DataInfo) -> Job:
@@ -107,7 +109,6 @@ def resolve_job(cfg: DictConfig, info: DataInfo) -> Job:
         source, note = adapt_macro(source, info)
         notes = [note] if note else []
     arch = first_order_twin(source) if cfg.first_order else source
-    check_runs(arch, str(arch_path or model))
     return Job(arch, source, model, str(arch_path) if arch_path is not None else None, bool(cfg.first_order), notes)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -45,7 +45,7 @@ from nas.checkpoint import (
 )
 from nas.config import check_config
 from nas.data import dataset_config, load_data, make_loader, to_device
-from nas.job import initialise, resolve_job
+from nas.job import check_runs, initialise, resolve_job
 from nas.loops import (
     TrainingDiverged,
     cosine_lr,
@@ -60,6 +60,7 @@ from nas.loops import (
 from nas.report import EvaluatedRun, report
 from nas.runlock import run_folder
 from search_spaces.arch import Arch, build_net
+from search_spaces.io import atomic_write_text
 from search_spaces.quadratic import set_impl
 from search_spaces.summary import count_params
 
@@ -165,10 +166,68 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict:
+    run = _start(cfg, run_dir)
+    for epoch in range(run.start_epoch, run.epochs):
+        if cfg.train.stop_after is not None and run.ran >= int(cfg.train.stop_after):
+            return _stop(run, epoch)
+        _end_epoch(run, epoch, _train_epoch(run, epoch))
+    return _finish(run)
+
+
+@dataclass
+class _Run:
+    """One trainer run: what it trains, with what, where, and how far it got (``_start`` builds it)."""
+
+    cfg: DictConfig
+    config: dict  # the resolved config the checkpoint carries
+    run_dir: Path
+    accel: accelerator.Accelerator
+    dist_info: object  # nas.loops.DistInfo
+    job: object  # nas.job.Job
+    info: object  # nas.data.DataInfo
+    data_cfg: dict
+    train_set: object
+    test_set: object
+    model: nn.Module
+    ddp: nn.Module  # the model, DDP-wrapped under torchrun
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    init_desc: str
+    epochs: int
+    steps_per_epoch: int
+    writer: object = None
+    start_epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    train_time: float = 0.0
+    ran: int = 0  # epochs trained by this invocation
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def snapshot(self, epoch: int) -> dict:
+        job = self.job
+        return {"kind": "net", "config": self.config, "arch": job.arch.to_dict(), "source_arch": job.source.to_dict(),
+                "model_name": job.model, "arch_path": job.arch_path, "first_order": job.first_order,
+                "init": self.init_desc, "notes": job.notes, "dataset": self.data_cfg,
+                "input_shape": list(self.info.input_shape), "epoch": epoch, "step": self.step, "epochs": self.epochs,
+                "history": self.history, "train_time_s": self.train_time, "world_size": self.dist_info.world_size,
+                "device": str(self.accel.device), "precision": self.accel.precision,
+                "model": self.model.state_dict(), "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(), "scaler": self.accel.scaler.state_dict(),
+                "rng": rng_state()}
+
+
+def _start(cfg: DictConfig, run_dir: Path) -> _Run:
+    """Data, the network, its initial or resumed weights, the optimizer: everything the epochs need."""
     accel = accelerator.from_config(cfg)
     dist_info = init_distributed(accel)
     set_threads(cfg.threads)
-    config = OmegaConf.to_container(cfg, resolve=True)
     tc = cfg.train
     data_cfg = dataset_config(cfg.dataset)
     train_set, test_set, info = load_data(data_cfg)
@@ -176,145 +235,167 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     job = resolve_job(cfg, info)
     for note in job.notes if dist_info.is_main else ():
         log.warning(note)
-
     seed_everything(cfg.seed)
     model = build_net(job.arch, tc.drop_path, cfg.memory_saving)
     set_impl(model, cfg.get("quad_impl", "auto"))
-    ckpt_path = run_dir / CHECKPOINT
-    resume = ckpt_path.exists()
-    state = None
-    if resume:
-        state = load_checkpoint(ckpt_path, kind="net")
-        # the network decides, not the file that names it: another copy of the same choices (a benchmark's
-        # draw of another band, say, with its own path and metadata) resumes the same run
-        check_resume_config(state["config"], config, ckpt_path, free=("arch",))
-        if "arch" not in state or Arch.from_dict(state["arch"]) != job.arch:  # Arch equality skips metadata
-            raise CheckpointError(f"{ckpt_path} holds another architecture than {job.label}; use a new run folder")
-        init_desc = state["init"]
-    else:
-        init_desc = initialise(cfg, job, model)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    state = _resumable_state(run_dir / CHECKPOINT, config, job)
+    init_desc = state["init"] if state is not None else initialise(cfg, job, model)
+    check_runs(job.arch, job.label)  # maps shrunk below a kernel fail here, not in the first step
     accel.module(model)  # before the optimizer and the EMA, so that their state lives on the device too
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.999))
     ema = EMA(model, float(tc.ema_decay)) if tc.ema_decay is not None else None
-    start_epoch, step, history, train_time = 0, 0, [], 0.0
+    steps_per_epoch = len(epoch_loader(train_set, tc.batch_size, cfg.seed, 0, dist_info))
+    if steps_per_epoch == 0 and tc.epochs > 0:
+        raise ValueError(f"train.batch_size={tc.batch_size} is larger than the training set ({len(train_set)})")
+    run = _Run(cfg, config, run_dir, accel, dist_info, job, info, data_cfg, train_set, test_set, model,
+               wrap_ddp(model, accel) if dist_info.enabled else model, optimizer, ema, init_desc, int(tc.epochs),
+               steps_per_epoch)
     if state is not None:
-        load_state_dict_checked(model, state["model"])
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{ckpt_path}: optimizer state does not fit: {e}") from e
-        if ema is not None:
-            if state.get("ema") is None:
-                raise CheckpointError(f"{ckpt_path} has no EMA weights but train.ema_decay is set")
-            load_state_dict_checked(ema.module, state["ema"])
-        if state.get("scaler"):
-            accel.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        change = device_change(state, accel.device, accel.precision)
-        if change and dist_info.is_main:
-            log.warning("resuming %s: %s", ckpt_path, change)
-        start_epoch, step, history = state["epoch"] + 1, state["step"], list(state["history"])
-        train_time = float(state["train_time_s"])
-        if dist_info.is_main:
-            log.info("resumed from %s after epoch %d", ckpt_path, state["epoch"] + 1)
-            if state["epochs"] != tc.epochs:
-                log.warning("train.epochs changed from %d to %d: the learning-rate schedule differs from an "
-                            "uninterrupted run", state["epochs"], tc.epochs)
+        _resume(run, state)
     elif dist_info.is_main:
         log.info("training %s: %s init, %d params, on %s", job.label, init_desc, count_params(model),
                  accel.describe())
-
-    ddp = wrap_ddp(model, accel) if dist_info.enabled else model
-    epochs = int(tc.epochs)
-    steps_per_epoch = len(epoch_loader(train_set, tc.batch_size, cfg.seed, 0, dist_info))
-    if steps_per_epoch == 0 and epochs > 0:
-        raise ValueError(f"train.batch_size={tc.batch_size} is larger than the training set ({len(train_set)})")
-    total_steps, warmup_steps = epochs * steps_per_epoch, int(round(tc.warmup_epochs * steps_per_epoch))
-    test_loader = make_loader(test_set, cfg.eval.batch_size, False, 0)
-    eval_model = ema.module if ema is not None else model
-
-    writer = tb.open_writer(run_dir, step) if dist_info.is_main else None
-
-    def snapshot(epoch: int) -> dict:
-        return {"kind": "net", "config": config, "arch": job.arch.to_dict(), "source_arch": job.source.to_dict(),
-                "model_name": job.model, "arch_path": job.arch_path, "first_order": job.first_order,
-                "init": init_desc, "notes": job.notes, "dataset": data_cfg, "input_shape": list(info.input_shape),
-                "epoch": epoch, "step": step, "epochs": epochs, "history": history, "train_time_s": train_time,
-                "world_size": dist_info.world_size, "device": str(accel.device), "precision": accel.precision,
-                "model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
-                "optimizer": optimizer.state_dict(), "scaler": accel.scaler.state_dict(), "rng": rng_state()}
-
-    if start_epoch > epochs and dist_info.is_main:
+    run.writer = tb.open_writer(run_dir, run.step) if dist_info.is_main else None
+    if run.start_epoch > run.epochs and dist_info.is_main:
         log.warning("%s already holds %d epochs, more than train.epochs=%d; evaluating it as it is",
-                    ckpt_path, start_epoch, epochs)
-    ran, lr = 0, tc.lr
-    for epoch in range(start_epoch, epochs):
-        if tc.stop_after is not None and ran >= int(tc.stop_after):
-            if dist_info.is_main:
-                log.info("stopping after epoch %d (train.stop_after=%s); rerun with hydra.run.dir=%s to continue",
-                         epoch, tc.stop_after, run_dir)
-            if writer is not None:
-                writer.close()
-            return {"stopped_after_epoch": epoch}
-        loader = epoch_loader(train_set, tc.batch_size, cfg.seed, epoch, dist_info)
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = correct = seen = 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not dist_info.is_main, leave=False)
-        window = _Window(accel, dist_info.enabled)
-        for i, (x, y) in enumerate(accel.batches(bar)):
-            lr = cosine_lr(tc.lr, step, total_steps, warmup_steps)
-            set_lr(optimizer, lr)
-            with accel.autocast():
-                logits = ddp(x)
-                loss = compute_loss(logits, y, tc.label_smoothing)
-            grad_norm = accel.backward(loss, optimizer, model.parameters(), tc.grad_clip)
-            window.add(i, step, lr, len(y), loss.detach(), grad_norm, (logits.argmax(1) == y).sum())
-            accel.apply(optimizer)  # a non-finite step is caught at the next read, before anything is saved
-            step += 1
-            if ema is not None:
-                ema.update(model)
-            if (i + 1) % tb.STEP_EVERY and i + 1 < steps_per_epoch:
-                continue
-            for n, read in window.flush():  # the loop's one host read every tb.STEP_EVERY steps
-                if read.bad:
-                    kept = (f"the last good checkpoint (after epoch {start_epoch + ran}) is kept in {ckpt_path}"
-                            if ckpt_path.exists() else "no checkpoint was written yet")
-                    raise TrainingDiverged(
-                        f"loss is {read.loss} (gradient norm {read.grad_norm}) at epoch {epoch + 1}, step "
-                        f"{read.index + 1} of {steps_per_epoch} (global step {read.step + 1}, lr {read.lr:.3g}); "
-                        f"{kept}. Lower train.lr or raise train.warmup_epochs")
-                loss_sum += read.loss * n
-                correct += read.correct
-                seen += n
-                tb.log_step(writer, read.step + 1, train=read.loss)
-            if dist_info.is_main and (i + 1) % 10 == 0:
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.2e}")
-        train_time += time.perf_counter() - t0
-        ran += 1
-        row = {"epoch": epoch + 1, "step": step, "lr": lr,
-               "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "train_time_s": train_time}
-        if cfg.eval.every_epoch:
-            res = evaluate(eval_model, test_loader, accel)
-            row.update(test_top1=res["top1"], test_loss=res["loss"])
-        history.append(row)
-        if dist_info.is_main:
-            tb.log_row(writer, row, step)
-            log.info("epoch %d/%d: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
-                     epoch + 1, epochs)
-            save_checkpoint(ckpt_path, snapshot(epoch))
-            pd.DataFrame(history).to_csv(run_dir / HISTORY, index=False)
-    final = snapshot(start_epoch - 1 + ran)
-    if dist_info.is_main and not ckpt_path.exists():  # nothing trained (epochs=0): checkpoint the start
-        save_checkpoint(ckpt_path, final)
-    test = {**evaluate(eval_model, test_loader, accel), "n": len(test_set)}  # every rank (evaluate all-reduces)
-    if not dist_info.is_main:
+                    run.ckpt_path, run.start_epoch, run.epochs)
+    return run
+
+
+def _resumable_state(path: Path, config: dict, job) -> dict | None:
+    """The run folder's checkpoint, if any, checked to be this run's."""
+    if not path.exists():
+        return None
+    state = load_checkpoint(path, kind="net")
+    # the network decides, not the file that names it: another copy of the same choices (a benchmark's
+    # draw of another band, say, with its own path and metadata) resumes the same run
+    check_resume_config(state["config"], config, path, free=("arch",))
+    if "arch" not in state or Arch.from_dict(state["arch"]) != job.arch:  # Arch equality skips metadata
+        raise CheckpointError(f"{path} holds another architecture than {job.label}; use a new run folder")
+    return state
+
+
+def _resume(run: _Run, state: dict) -> None:
+    """Weights, optimizer, EMA, scaler, RNG streams and counters from the checkpoint."""
+    path = run.ckpt_path
+    load_state_dict_checked(run.model, state["model"])
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: optimizer state does not fit: {e}") from e
+    if run.ema is not None:
+        if state.get("ema") is None:
+            raise CheckpointError(f"{path} has no EMA weights but train.ema_decay is set")
+        load_state_dict_checked(run.ema.module, state["ema"])
+    if state.get("scaler"):
+        run.accel.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    change = device_change(state, run.accel.device, run.accel.precision)
+    run.start_epoch, run.step, run.history = state["epoch"] + 1, state["step"], list(state["history"])
+    run.train_time = float(state["train_time_s"])
+    if run.dist_info.is_main:
+        if change:
+            log.warning("resuming %s: %s", path, change)
+        log.info("resumed from %s after epoch %d", path, state["epoch"] + 1)
+        if state["epochs"] != run.epochs:
+            log.warning("train.epochs changed from %d to %d: the learning-rate schedule differs from an "
+                        "uninterrupted run", state["epochs"], run.epochs)
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict:
+    """One epoch of steps; its history row (train loss and accuracy, and test top-1 if eval.every_epoch)."""
+    tc, accel = run.cfg.train, run.accel
+    total_steps = run.epochs * run.steps_per_epoch
+    warmup_steps = int(round(tc.warmup_epochs * run.steps_per_epoch))
+    loader = epoch_loader(run.train_set, tc.batch_size, run.cfg.seed, epoch, run.dist_info)
+    run.model.train()
+    t0 = time.perf_counter()
+    loss_sum = correct = seen = 0.0
+    lr = tc.lr
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{run.epochs}", disable=not run.dist_info.is_main, leave=False)
+    window = _Window(accel, run.dist_info.enabled)
+    for i, (x, y) in enumerate(accel.batches(bar)):
+        lr = cosine_lr(tc.lr, run.step, total_steps, warmup_steps)
+        set_lr(run.optimizer, lr)
+        with accel.autocast():
+            logits = run.ddp(x)
+            loss = compute_loss(logits, y, tc.label_smoothing)
+        grad_norm = accel.backward(loss, run.optimizer, run.model.parameters(), tc.grad_clip)
+        window.add(i, run.step, lr, len(y), loss.detach(), grad_norm, (logits.argmax(1) == y).sum())
+        accel.apply(run.optimizer)  # a non-finite step is caught at the next read, before anything is saved
+        run.step += 1
+        if run.ema is not None:
+            run.ema.update(run.model)
+        if (i + 1) % tb.STEP_EVERY and i + 1 < run.steps_per_epoch:
+            continue
+        for n, read in window.flush():  # the loop's one host read every tb.STEP_EVERY steps
+            if read.bad:
+                raise TrainingDiverged(_diverged(run, epoch, read))
+            loss_sum += read.loss * n
+            correct += read.correct
+            seen += n
+            tb.log_step(run.writer, read.step + 1, train=read.loss)
+        if run.dist_info.is_main and (i + 1) % 10 == 0:
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.2e}")
+    run.train_time += time.perf_counter() - t0
+    run.ran += 1
+    row = {"epoch": epoch + 1, "step": run.step, "lr": lr, "train_loss": loss_sum / max(seen, 1),
+           "train_acc": correct / max(seen, 1), "train_time_s": run.train_time}
+    if run.cfg.eval.every_epoch:
+        res = evaluate(run.eval_model, _test_loader(run), accel)
+        row.update(test_top1=res["top1"], test_loss=res["loss"])
+    return row
+
+
+def _diverged(run: _Run, epoch: int, read: _Read) -> str:
+    kept = (f"the last good checkpoint (after epoch {run.start_epoch + run.ran}) is kept in {run.ckpt_path}"
+            if run.ckpt_path.exists() else "no checkpoint was written yet")
+    return (f"loss is {read.loss} (gradient norm {read.grad_norm}) at epoch {epoch + 1}, step {read.index + 1} of "
+            f"{run.steps_per_epoch} (global step {read.step + 1}, lr {read.lr:.3g}); {kept}. Lower train.lr or "
+            "raise train.warmup_epochs")
+
+
+def _test_loader(run: _Run):
+    return make_loader(run.test_set, run.cfg.eval.batch_size, False, 0)
+
+
+def _end_epoch(run: _Run, epoch: int, row: dict) -> None:
+    """The epoch's row in the history, the logs and TensorBoard, and the checkpoint (rank 0)."""
+    run.history.append(row)
+    if not run.dist_info.is_main:
+        return
+    tb.log_row(run.writer, row, run.step)
+    log.info("epoch %d/%d: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
+             epoch + 1, run.epochs)
+    save_checkpoint(run.ckpt_path, run.snapshot(epoch))
+    atomic_write_text(run.run_dir / HISTORY, pd.DataFrame(run.history).to_csv(index=False))
+
+
+def _stop(run: _Run, epoch: int) -> dict:
+    """``train.stop_after`` reached: end this invocation; a rerun in the same folder goes on."""
+    if run.dist_info.is_main:
+        log.info("stopping after epoch %d (train.stop_after=%s); rerun with hydra.run.dir=%s to continue",
+                 epoch, run.cfg.train.stop_after, run.run_dir)
+    if run.writer is not None:
+        run.writer.close()
+    return {"stopped_after_epoch": epoch}
+
+
+def _finish(run: _Run) -> dict:
+    """Test top-1 on every rank, then (rank 0) the final checkpoint if none, TensorBoard and the report."""
+    final = run.snapshot(run.start_epoch - 1 + run.ran)
+    if run.dist_info.is_main and not run.ckpt_path.exists():  # nothing trained (epochs=0): checkpoint the start
+        save_checkpoint(run.ckpt_path, final)
+    test = {**evaluate(run.eval_model, _test_loader(run), run.accel), "n": len(run.test_set)}  # evaluate all-reduces
+    if not run.dist_info.is_main:
         return {"top1": test["top1"]}
-    tb.log_hparams(writer, {"model": job.label, "dataset": info.name, "seed": cfg.seed, "epochs": epochs,
-                            "lr": tc.lr, "batch_size": tc.batch_size, "drop_path": tc.drop_path},
+    tc = run.cfg.train
+    tb.log_hparams(run.writer, {"model": run.job.label, "dataset": run.info.name, "seed": run.cfg.seed,
+                                "epochs": run.epochs, "lr": tc.lr, "batch_size": tc.batch_size,
+                                "drop_path": tc.drop_path},
                    {"test_top1": test["top1"], "test_loss": test["loss"]})
-    writer.close()
-    evaluated = "ema" if ema is not None else "model"
-    return report(EvaluatedRun(run_dir, eval_model, job.arch, job.source, job.model, info, test, final, evaluated),
-                  cfg.eval, cfg.results_csv)
+    run.writer.close()
+    evaluated = "ema" if run.ema is not None else "model"
+    return report(EvaluatedRun(run.run_dir, run.eval_model, run.job.arch, run.job.source, run.job.model, run.info,
+                               test, final, evaluated), run.cfg.eval, run.cfg.results_csv)

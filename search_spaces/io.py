@@ -151,7 +151,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.filename is None:  # a failed write() names no file: name the target
-            raise OSError(e.errno, e.strerror, str(path)) from e
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
