@@ -388,3 +388,22 @@ def test_pool_window_and_activation_terms_follow_the_shape():
     hs = trace_kernels(nn.Hardswish(), (1, 16, 32, 32))[0]
     assert vpu.kernel_ms(hs) == pytest.approx(vpu.coefficients["n_mem"] + hs.bytes * (
         vpu.coefficients["mem_bytes"] + vpu.coefficients["act_bytes"]))
+
+
+def test_tables_charge_the_per_model_cost_once_and_stay_additive(tmp_path, monkeypatch):
+    """The fixed per-model cost lands in the table's fixed part (the stem reads the image), so a table sum is the
+    whole network's stand-in latency exactly."""
+    from latency.lut import deployment_space
+    from latency.profiles import load_profile
+    from search_spaces.arch import build_net
+
+    monkeypatch.setenv("QUADRANAS_CACHE", str(tmp_path))
+    space = quadra_space(widths=(8, 16), depths=(1, 1), input_shape=(3, 32, 32), num_classes=10, stem_stride=2)
+    profile = load_profile("vpu")
+    table = get_table(space, profile, progress=False)
+    vpu = load_standin(VPU)
+    assert table.fixed_ms > vpu.coefficients["n_model"] > 0
+    for seed in range(3):
+        dep = deployment_space(space, profile).arch(space.random_arch(seed).choices)
+        whole = vpu.kernels_ms(trace_kernels(build_net(dep).eval(), profile.input_shape))
+        assert table.arch_ms(dep) == pytest.approx(whole, rel=1e-9)
