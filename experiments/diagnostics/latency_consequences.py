@@ -1,6 +1,6 @@
 """What the measured-device refit (stand-in cost model 3) changes for QuadraBlocks, before and after, per device.
 
-    python -m experiments.latency_consequences [--out experiments/results/measured_latency]
+    python -m experiments.diagnostics.latency_consequences [--out experiments/results/measured_latency]
 
 Three stand-ins (calibrated stand-ins, NOT nn-Meter):
 
@@ -33,7 +33,7 @@ from experiments.diagnostics import quadrablock_ops as qo
 from experiments.markdown import md_table, report
 from search_spaces.arch import Arch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 OUT = RESULTS / "measured_latency"
 BEFORE = RESULTS / "standin_constants_before_issue39.json"
 EXPORTS = {"default search, pricing=device": RESULTS / "pricing_exports" / "vpu-30ms-device.arch.json",
@@ -97,7 +97,8 @@ def run(out: Path = OUT) -> None:
     piv = ops[ops.pricing == "device"].pivot_table(index=["device", "op"], columns=["stage", "stand_in"],
                                                    values="ms", sort=False)
     stage0 = piv.xs(f"{qo.STAGES[0][0]}x{qo.STAGES[0][1]}x{qo.STAGES[0][1]}", axis=1, level="stage")
-    lines = ["# What cost model 3 changes for QuadraBlocks (`python -m experiments.latency_consequences`)", "",
+    lines = ["# What cost model 3 changes for QuadraBlocks "
+             "(`python -m experiments.diagnostics.latency_consequences`)", "",
              "Calibrated stand-ins (NOT nn-Meter). `before`: cost model 2 (18 reference CNNs); `after`: cost model 3 "
              "(18 CNNs + 1,007 networks measured on the devices); `after, GELU as add`: model 3 with GELU priced "
              "as a plain elementwise op rather than as an activation.", "",
