@@ -681,8 +681,9 @@ def finish_checkpoint(path: Path, keep: bool) -> None:
         return
     before = path.stat().st_size
     state = load_checkpoint(path, kind="supernet")
-    for key in ("w_opt", "a_opt", "scaler"):
-        state.pop(key, None)
+    dropped = [state.pop(key) for key in ("w_opt", "a_opt", "scaler") if key in state]
+    if not dropped:  # already a finished supernet (derived again): the file, maybe a hard link, stays as it is
+        return
     save_checkpoint(path, state)
     log.info("%s keeps the trained supernet: %.1f MB (%.1f MB with the optimizer states)", path,
              path.stat().st_size / 2**20, before / 2**20)
