@@ -134,12 +134,15 @@ def plot_curves(runs: pd.DataFrame, path: Path) -> None:
             ax.legend(fontsize=6)
 
 
-def report(runs: pd.DataFrame, recipe: list[str], exports: Path, out: Path) -> str:
+def report(runs: pd.DataFrame, recipe: list[str], exports: Path, out: Path, planned: int) -> str:
     table, verdict = cells(runs), verdicts(runs)
     atomic_write_text(out / "table3_schedules.csv", runs.to_csv(index=False))
     show = table.assign(space=table.space.map(FAMILY))
     lines = ["# Table III at several retrain lengths: QuadraBlock vs MBConv, the same exports\n",
-             f"Exports: `{exports.name}` (one searched network per device and space, searched once). Retrain: "
+             f"Finished runs: {len(runs)} of the {planned} asked for (the others resume from their folders on the "
+             "same command).\n",
+             f"Exports: `{exports.name}` (one searched network per device and space, searched once, on the latency "
+             "tables of that run; they are not searched again when the tables change). Retrain: "
              f"`{' '.join(schedule_recipe(recipe, 0)).replace('train.epochs=0 ', '')}` with `train.epochs` "
              "as in the column (a cosine schedule over that length), Fashion-MNIST test top-1, mean and seed std; "
              "train_s: median seconds of training per run (1 thread, shared 2-core machine).\n",
@@ -159,6 +162,7 @@ def main(a: argparse.Namespace, recipe: list[str], schedules: list[int], seeds: 
         print("no finished runs yet", flush=True)
         return 1
     a.out.mkdir(parents=True, exist_ok=True)
-    print(report(runs, recipe, a.exports, a.out))
+    planned = len(pd.read_csv(a.exports)) * len(schedules) * len(seeds)
+    print(report(runs, recipe, a.exports, a.out, planned))
     return 0
 
