@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,20 @@ import hydra
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
+from torch import nn
 from tqdm import tqdm
 
-from latency.base import Latency, Predictor
-from latency.measured import MeasuredPredictor, TableEntry
+from latency.base import MEASURED, Latency, Predictor
+from latency.measured import (
+    PERCENT,
+    EntrySamples,
+    MeasuredPredictor,
+    TableEntry,
+    available_cpus,
+    load_average,
+    table_spread_note,
+    warn_if_loaded,
+)
 from latency.profiles import DeviceProfile, load_profile, resolve_predictor
 from search_spaces.arch import Arch, build_net, input_shapes
 from search_spaces.blocks import SKIP_OPS, make_op
@@ -36,6 +47,8 @@ from search_spaces.io import atomic_write_text
 from search_spaces.spaces import SearchSpace
 
 LUT_VERSION = 1
+# How a table times its entries: inside whole networks (a measured CPU predictor) or each on its own.
+TABLE_METHODS = ("context", "isolated")
 
 
 def cache_dir() -> Path:
@@ -109,8 +122,20 @@ def table_key(space: SearchSpace, profile: DeviceProfile, predictor: Predictor) 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build_table(space: SearchSpace, profile: DeviceProfile, predictor: Predictor,
-                progress: bool = True) -> LatencyTable:
+@dataclass
+class TablePlan:
+    """What a table prices, before any timing: one entry per distinct (op, layer input shape), the table cells
+    that point at them (a skip op points at none: 0 ms) and the fixed parts (also entries)."""
+
+    space: SearchSpace  # at the deployment shape
+    entries: dict[tuple, TableEntry]
+    cells: list[tuple[int, str, tuple | None]]  # (layer number, op, entry key or None)
+    fixed_parts: list[str]
+    input_shape: tuple[int, ...]  # the profile's, batch included
+
+
+def plan_table(space: SearchSpace, profile: DeviceProfile) -> TablePlan:
+    """The entries and cells of ``space``'s table at ``profile``'s deployment shape."""
     dep = deployment_space(space, profile)
     # A concrete network (smallest block at every searchable layer) records each layer's input shape and
     # holds the fixed parts. Identity placeholders would be wrong where a searchable layer changes width or
@@ -121,7 +146,7 @@ def build_table(space: SearchSpace, profile: DeviceProfile, predictor: Predictor
     number = {index: i for i, index in enumerate(sorted({spec.index for spec in dep.layers()}))}
     # Candidates whose layer input shapes coincide are one entry, priced once.
     entries: dict[tuple, TableEntry] = {}
-    cells: list[tuple[int, str, tuple | None]] = []  # (layer, op, entry key; None = a skip op, 0 ms)
+    cells: list[tuple[int, str, tuple | None]] = []
     for spec in dep.layers():
         shape = shapes[layer_modules[spec.index]]
         for op in dep.candidates(spec):
@@ -129,17 +154,103 @@ def build_table(space: SearchSpace, profile: DeviceProfile, predictor: Predictor
             if key is not None and key not in entries:
                 entries[key] = (f"layer {number[spec.index]} {op}",
                                 make_op(op, spec.in_ch, spec.out_ch, spec.stride).eval(), shape)
-            cells.append((spec.index, op, key))
+            cells.append((number[spec.index], op, key))
     fixed_parts = skeleton.fixed_parts()
     for name, mod in fixed_parts.items():
         entries[("fixed", name)] = (f"{name} (fixed)", mod.eval(), shapes[mod])
-    latencies, note = price_entries(predictor, list(entries.values()), progress, f"LUT {space.name}/{profile.name}")
-    priced = dict(zip(entries, latencies, strict=True))
-    layers = pd.DataFrame([{"layer": number[index], "op": op, "latency_ms": 0.0 if key is None else priced[key].ms}
-                           for index, op, key in cells])
-    fixed = pd.DataFrame([{"part": name, "latency_ms": priced[("fixed", name)].ms} for name in fixed_parts])
+    return TablePlan(dep, entries, cells, list(fixed_parts), tuple(profile.input_shape))
+
+
+def assemble_table(space: SearchSpace, profile: DeviceProfile, predictor: Predictor, plan: TablePlan,
+                   cell_ms: list[float], fixed_ms: dict[str, float], note: str) -> LatencyTable:
+    """The table from a latency per cell of ``plan`` (in its order) and per fixed part."""
+    layers = pd.DataFrame([{"layer": layer, "op": op, "latency_ms": ms}
+                           for (layer, op, _), ms in zip(plan.cells, cell_ms, strict=True)])
+    fixed = pd.DataFrame([{"part": name, "latency_ms": ms} for name, ms in fixed_ms.items()])
     return LatencyTable(space.name, profile.name, predictor.name, predictor.provenance, note,
                         table_key(space, profile, predictor), layers, fixed)
+
+
+def price_isolated(plan: TablePlan, predictor: Predictor, progress: bool, desc: str
+                   ) -> tuple[list[float], dict[str, float], str]:
+    """Every entry of ``plan`` priced on its own: cell and fixed-part latencies and the table's note."""
+    latencies, note = price_entries(predictor, list(plan.entries.values()), progress, desc)
+    priced = dict(zip(plan.entries, latencies, strict=True))
+    cell_ms = [0.0 if key is None else priced[key].ms for _, _, key in plan.cells]
+    return cell_ms, {name: priced[("fixed", name)].ms for name in plan.fixed_parts}, note
+
+
+GLUE = "glue"  # the fixed part a table timed in context adds: the whole network minus its timed parts
+
+
+def carrier_archs(plan: TablePlan) -> list[Arch]:
+    """Networks that together hold every candidate of every searchable layer: the j-th takes each layer's j-th
+    candidate (its first where the layer has fewer)."""
+    ops = [[op for layer, op, _ in plan.cells if layer == n] for n in sorted({c[0] for c in plan.cells})]
+    width = max(len(o) for o in ops)
+    return [plan.space.arch([o[j] if j < len(o) else o[0] for o in ops]) for j in range(width)]
+
+
+ContextNet = tuple[nn.Module, dict[str, nn.Module], tuple[int, ...]]  # network, its parts by name, input shape
+
+
+def context_nets(plan: TablePlan) -> list[ContextNet]:
+    """The carriers of ``plan`` (:func:`carrier_archs`) with the parts a table times inside them: each
+    searchable layer that is not a skip op (named ``layer <n> <op>``) and each fixed part."""
+    nets = []
+    for arch in carrier_archs(plan):
+        net = build_net(arch).eval()
+        parts = {f"layer {n} {op}": m for n, (op, m) in enumerate(zip(arch.choices, net.searchable_layers()))
+                 if op not in SKIP_OPS}
+        nets.append((net, {**parts, **net.fixed_parts()}, plan.input_shape))
+    return nets
+
+
+def table_from_context(plan: TablePlan, timed: list[tuple[dict[str, EntrySamples], EntrySamples]],
+                       loads: tuple[float | None, ...]) -> tuple[list[float], dict[str, float], str]:
+    """Cell and fixed-part latencies (and the note) from the carriers' timings: a part's latency is the median of
+    its samples in every carrier that holds it; ``glue`` is the median over carriers of the whole network minus
+    the sum of its parts. Skip ops cost 0 ms, as in an isolated table."""
+    by_part: dict[str, list[EntrySamples]] = {}
+    glue = []
+    for parts, whole in timed:
+        for name, samples in parts.items():
+            by_part.setdefault(name, []).append(samples)
+        glue.append(whole.median_ms - sum(samples.median_ms for samples in parts.values()))
+    merged = {name: EntrySamples(name, tuple(p for s in runs for p in s.passes)) for name, runs in by_part.items()}
+    cell_ms = [0.0 if key is None else merged[f"layer {n} {op}"].median_ms for n, op, key in plan.cells]
+    fixed_ms = {name: merged[name].median_ms for name in plan.fixed_parts}
+    fixed_ms[GLUE] = float(statistics.median(glue))
+    note = (f"layers timed in context of {len(timed)} networks; "
+            + table_spread_note(list(merged.values()), loads, available_cpus()))
+    return cell_ms, fixed_ms, note
+
+
+def price_in_context(plan: TablePlan, predictor: MeasuredPredictor, progress: bool, desc: str
+                     ) -> tuple[list[float], dict[str, float], str]:
+    """Every cell and fixed part timed *inside* a whole network, where it reads the layout and the caches its
+    predecessor left (:func:`context_nets`, :func:`table_from_context`)."""
+    nets = context_nets(plan)
+    load_before = warn_if_loaded(f"measuring a latency table on {predictor.name}")
+    with tqdm(total=len(nets) * predictor.table_passes, desc=desc, disable=not progress, leave=False) as bar:
+        timed = predictor.measure_in_context(nets, on_net=bar.update)
+    return table_from_context(plan, timed, (load_before, load_average()))
+
+
+def build_table(space: SearchSpace, profile: DeviceProfile, predictor: Predictor, progress: bool = True,
+                method: str | None = None) -> LatencyTable:
+    """The table of ``space`` on ``profile``. ``method`` (one of :data:`TABLE_METHODS`): ``context`` times each
+    entry inside whole networks (:func:`price_in_context`; a measured CPU predictor only), ``isolated`` prices
+    each on its own (:func:`price_isolated`); default: ``context`` where the predictor can, else ``isolated``."""
+    in_context = isinstance(predictor, MeasuredPredictor) and predictor.device.type == "cpu"
+    method = method or TABLE_METHODS[0 if in_context else 1]
+    if method not in TABLE_METHODS or (method == "context" and not in_context):
+        valid = TABLE_METHODS if in_context else TABLE_METHODS[1:]
+        raise ValueError(f"method={method} is invalid for {predictor.name}; valid: {', '.join(valid)}")
+    plan = plan_table(space, profile)
+    desc = f"LUT {space.name}/{profile.name}"
+    pricing = price_in_context if method == "context" else price_isolated
+    return assemble_table(space, profile, predictor, plan, *pricing(plan, predictor, progress, desc))
 
 
 def price_entries(predictor: Predictor, entries: list[TableEntry], progress: bool = True,
@@ -152,6 +263,68 @@ def price_entries(predictor: Predictor, entries: list[TableEntry], progress: boo
                  for _, module, shape in tqdm(entries, desc=desc, disable=not progress, leave=False)]
     notes = sorted({lat.error_note for lat in latencies} - {""})
     return latencies, notes[0] if notes else ""
+
+
+def table_error_pct(table_ms: float, whole_ms: float) -> float:
+    """The table's sum against the whole network, in percent of the whole network."""
+    return PERCENT * (table_ms - whole_ms) / whole_ms
+
+
+def measured_whole(table: LatencyTable, dep_arch: Arch, profile: DeviceProfile) -> dict:
+    """For a measured table: the whole network of ``dep_arch`` (deployment shape) timed by the table's predictor
+    and the table's error against it (``whole_net_ms``, ``table_error_pct``), so that a measured table's sum is
+    never shown alone; ``{}`` for any other table (a predictor prices the whole network as it prices a table)."""
+    if table.provenance != MEASURED:
+        return {}
+    whole = resolve_predictor(profile).module_ms(build_net(dep_arch).eval(), tuple(profile.input_shape))
+    return {"whole_net_ms": whole.ms, "table_error_pct": table_error_pct(table.arch_ms(dep_arch), whole.ms)}
+
+
+def whole_note(latency: dict) -> str:
+    """`` (whole network X ms; table +Y%)`` for a latency record that :func:`measured_whole` checked, else ``""``."""
+    if latency.get("whole_net_ms") is None:
+        return ""
+    return f" (whole network {latency['whole_net_ms']:.3f} ms; table {latency['table_error_pct']:+.1f}%)"
+
+
+def table_vs_whole(space: SearchSpace, profile: DeviceProfile, predictor: MeasuredPredictor, archs: list[Arch],
+                   method: str = TABLE_METHODS[0], progress: bool = False) -> tuple[LatencyTable, pd.DataFrame]:
+    """Is a measured table additive? Builds the table (its entries timed ``in context`` of whole networks, as
+    :func:`build_table` does, or ``isolated``, each on its own) and times the whole networks of ``archs`` (the
+    profile's batch and input, the predictor's threads) in the same interleaved passes, so that a machine whose
+    speed drifts moves both alike. Returns the table and one row per architecture: ``table_ms`` (the table's
+    sum), ``whole_ms`` (the whole network), ``error_pct`` (table against whole) and the whole network's spread."""
+    if method not in TABLE_METHODS:
+        raise ValueError(f"method={method} is invalid; valid: {', '.join(TABLE_METHODS)}")
+    plan = plan_table(space, profile)
+    deployed = [plan.space.arch(a.choices) for a in archs]
+    whole_nets = [(build_net(a).eval(), {}, plan.input_shape) for a in deployed]
+    if method == "context":
+        carriers = context_nets(plan)
+        with tqdm(total=(len(carriers) + len(archs)) * predictor.table_passes, desc="table and whole networks",
+                  disable=not progress, leave=False) as bar:
+            timed = predictor.measure_in_context([*carriers, *whole_nets], on_net=bar.update)
+        priced = table_from_context(plan, timed[:len(carriers)], ())
+        wholes = [whole for _, whole in timed[len(carriers):]]
+    else:
+        entries = [*plan.entries.values(), *((f"arch {i}", net, shape) for i, (net, _, shape) in enumerate(whole_nets))]
+        with tqdm(total=len(entries) * predictor.table_passes, desc="table and whole networks",
+                  disable=not progress, leave=False) as bar:
+            samples = predictor.measure_passes(entries, on_entry=bar.update)
+        k = len(plan.entries)
+        priced_entries = dict(zip(plan.entries, samples[:k], strict=True))
+        cell_ms = [0.0 if key is None else priced_entries[key].median_ms for _, _, key in plan.cells]
+        fixed_ms = {name: priced_entries[("fixed", name)].median_ms for name in plan.fixed_parts}
+        priced = (cell_ms, fixed_ms, table_spread_note(samples[:k], (), available_cpus()))
+        wholes = samples[k:]
+    table = assemble_table(space, profile, predictor, plan, *priced)
+    rows = []
+    for i, (arch, dep, whole) in enumerate(zip(archs, deployed, wholes, strict=True)):
+        table_ms = table.arch_ms(dep)
+        rows.append({"arch": i, "choices": " ".join(arch.choices), "table_ms": table_ms, "whole_ms": whole.median_ms,
+                     "error_pct": table_error_pct(table_ms, whole.median_ms),
+                     "whole_iqr_pct": PERCENT * whole.relative_iqr})
+    return table, pd.DataFrame(rows)
 
 
 def get_table(space: SearchSpace, profile: DeviceProfile | str, predictor: Predictor | None = None,

@@ -21,6 +21,7 @@ load average while it was built; a load above the CPUs available is warned about
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import io
 import logging
@@ -179,6 +180,33 @@ def _module_device(module: nn.Module) -> torch.device | None:
     return None
 
 
+def _parts_in_context(net: nn.Module, parts: dict[str, nn.Module], x: torch.Tensor, warmup: int,
+                      repeats: int) -> dict[str, list[float]]:
+    """``warmup`` untimed runs of ``net(x)``, then ``repeats`` runs with each part timed (ms) by a forward hook
+    pair around it (host clock)."""
+    started: dict[str, float] = {}
+    samples: dict[str, list[float]] = {name: [] for name in parts}
+    names = {id(m): name for name, m in parts.items()}
+
+    def start(module: nn.Module, args: tuple) -> None:
+        started[names[id(module)]] = time.perf_counter()
+
+    def stop(module: nn.Module, args: tuple, out: Any) -> None:
+        name = names[id(module)]
+        samples[name].append((time.perf_counter() - started[name]) * 1e3)
+
+    for _ in range(warmup):
+        net(x)
+    hooks = [h for m in parts.values() for h in (m.register_forward_pre_hook(start), m.register_forward_hook(stop))]
+    try:
+        for _ in range(repeats):
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return samples
+
+
 class MeasuredPredictor:
     """Times modules on this host (``device="cpu"``) or a CUDA device (``device="cuda"``).
 
@@ -243,6 +271,7 @@ class MeasuredPredictor:
             f"torch {torch.__version__}; {engine_version}; {hardware}; "
             f"warmup {self.warmup}; repeats {self.repeats}; median; "
             f"tables: {self.table_passes} interleaved passes of {self.repeats_per_pass} repeats"
+            + ("; CPU tables: every part timed inside whole networks" if dev.type == "cpu" else "")
         )
 
     @property
@@ -327,6 +356,34 @@ class MeasuredPredictor:
                     if on_entry is not None:
                         on_entry()
         return [EntrySamples(label, tuple(r)) for (label, _, _), r in zip(entries, runs, strict=True)]
+
+    def measure_in_context(self, nets: Sequence[tuple[nn.Module, dict[str, nn.Module], tuple[int, ...]]],
+                           on_net: Callable[[], object] | None = None
+                           ) -> list[tuple[dict[str, EntrySamples], EntrySamples]]:
+        """Time networks whole and each named part *inside* them, in :attr:`table_passes` interleaved passes.
+
+        Per network and pass: :attr:`warmup` untimed runs, :attr:`repeats_per_pass` runs with a forward hook
+        pair timing every part (so each part runs on the input its predecessor made, with the caches that
+        left), and as many runs without hooks (the whole network). CPU only: the hooks read the host clock.
+        Returns, per network, the parts' samples by name and the whole network's samples.
+        """
+        if self.device.type != "cpu":
+            raise ValueError(f"timing parts in context reads the host clock; {self.name} runs on {self.device}")
+        part_runs: list[dict[str, list[tuple[float, ...]]]] = [{name: [] for name in parts} for _, parts, _ in nets]
+        whole_runs: list[list[tuple[float, ...]]] = [[] for _ in nets]
+        with _gc_paused(), _fixed_threads(self.threads), torch.no_grad():
+            for _ in range(self.table_passes):
+                for (net, parts, shape), runs, whole in zip(nets, part_runs, whole_runs, strict=True):
+                    x = torch.randn(shape)
+                    net.eval()
+                    for name, samples in _parts_in_context(net, parts, x, self.warmup, self.repeats_per_pass).items():
+                        runs[name].append(tuple(samples))
+                    whole.append(tuple(self._timed_runs(functools.partial(net, x), self.repeats_per_pass)))
+                    if on_net is not None:
+                        on_net()
+        return [({name: EntrySamples(name, tuple(r)) for name, r in runs.items()},
+                 EntrySamples("whole network", tuple(whole)))
+                for runs, whole in zip(part_runs, whole_runs, strict=True)]
 
     def price_table(self, entries: Sequence[TableEntry], progress: bool = False,
                     desc: str = "LUT") -> tuple[list[Latency], str]:

@@ -5,8 +5,9 @@
 For each profile: the lookup-table sum (what the search optimised) and the whole network
 priced by the same backend at the profile's deployment shape. ``format=table`` (the default) prints
 a table for people; ``format=json`` prints a JSON list of rows and ``format=csv`` a CSV with a header,
-one row per device with the columns arch, device, table_ms, whole_net_ms, predictor, provenance,
-error_note (table_ms is null / empty for an architecture outside every search space). A thin Hydra
+one row per device with the columns arch, device, table_ms, whole_net_ms, table_error_pct (the table's sum
+against the whole network), predictor, provenance, error_note (table_ms and table_error_pct are null / empty
+for an architecture outside every search space). A thin Hydra
 app (``conf/tools/predict.yaml``; ``--help`` lists the options).
 """
 
@@ -21,7 +22,7 @@ from typing import TextIO
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from latency.lut import deployment_space, get_table
+from latency.lut import deployment_space, get_table, table_error_pct
 from latency.profiles import load_profile, profile_names, resolve_predictor
 from search_spaces.arch import Arch, ArchError, build_net
 from search_spaces.quadranet import MODELS, quadranet_arch
@@ -45,12 +46,13 @@ def predict_rows(arch: Arch, devices: list[str]) -> list[dict]:
             lut = None
         whole = predictor.module_ms(build_net(dep).eval(), profile.input_shape)
         rows.append({"device": name, "table_ms": lut.ms if lut else None, "whole_net_ms": whole.ms,
+                     "table_error_pct": table_error_pct(lut.ms, whole.ms) if lut else None,
                      "predictor": whole.predictor, "provenance": whole.provenance, "error_note": whole.error_note})
     return rows
 
 
 FORMATS = ("table", "json", "csv")  # the first is the default
-COLUMNS = ("arch", "device", "table_ms", "whole_net_ms", "predictor", "provenance", "error_note")
+COLUMNS = ("arch", "device", "table_ms", "whole_net_ms", "table_error_pct", "predictor", "provenance", "error_note")
 
 
 def parse_format(value: str) -> str:
@@ -65,7 +67,8 @@ def write_rows(rows: list[dict], arch_path: str, arch: Arch, fmt: str, out: Text
     if fmt == "table":
         out.write(f"{arch_path}: {' '.join(arch.choices)}\n")
         for r in rows:
-            table = f"table {r['table_ms']:9.3f} ms, " if r["table_ms"] is not None else ""
+            table = (f"table {r['table_ms']:9.3f} ms ({r['table_error_pct']:+5.1f}% of the whole), "
+                     if r["table_ms"] is not None else "")
             note = f"; {r['error_note']}" if r["error_note"] else ""
             out.write(f"  {r['device']:5s} {table}whole network {r['whole_net_ms']:9.3f} ms  "
                       f"[{r['predictor']}: {r['provenance']}{note}]\n")

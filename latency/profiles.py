@@ -105,10 +105,12 @@ def _load_profile(name: str, conf_dir: Path | Traversable | None = None) -> Devi
 
 BACKEND_KINDS = ("nnmeter", "standin", "measured")
 # The host's measured backend: untimed runs, then timed runs per measurement; a table splits the timed
-# runs over interleaved passes (each with its warm-up) so that it can report how far passes differ.
-HOST_WARMUP = 5
-HOST_REPEATS = 16
-HOST_TABLE_PASSES = 2
+# runs over interleaved passes (each with its warm-up) so that it can report how far passes differ, and so
+# that a machine whose speed drifts moves every entry alike (experiments/results/host_additivity.md: with
+# 2 passes the table's sum missed the whole network by more than 10% for up to half of 24 networks).
+HOST_WARMUP = 2
+HOST_REPEATS = 24
+HOST_TABLE_PASSES = 4
 
 
 def backend_available(spec: str) -> bool:

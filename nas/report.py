@@ -77,7 +77,7 @@ def deployment_arch(arch: Arch, source: Arch, model: str | None) -> tuple[Arch, 
 
 def profile_latency(name: str, dep: Arch, space: SearchSpace | None, lut_ok: bool) -> dict:
     """Predicted latency on one device profile with its provenance; errors are recorded, not raised."""
-    from latency.lut import deployment_space, get_table
+    from latency.lut import deployment_space, get_table, measured_whole
     from latency.profiles import load_profile, resolve_predictor
 
     out = {"ms": None, "predictor": None, "provenance": None, "error_note": None, "method": None,
@@ -86,8 +86,11 @@ def profile_latency(name: str, dep: Arch, space: SearchSpace | None, lut_ok: boo
         profile = load_profile(name)
         out["input_shape"] = list(profile.input_shape)
         if lut_ok:
-            lat = get_table(space, profile, progress=False).latency(deployment_space(space, profile).arch(dep.choices))
+            table = get_table(space, profile, progress=False)
+            at_profile = deployment_space(space, profile).arch(dep.choices)
+            lat = table.latency(at_profile)
             out["method"] = "lookup table of the search space (sum of per-layer entries)"
+            out.update(measured_whole(table, at_profile, profile))
         else:
             net_arch = replace(dep, macro=replace(dep.macro, input_shape=tuple(profile.input_shape[1:])))
             lat = resolve_predictor(profile).module_ms(build_net(net_arch).eval(), profile.input_shape)
@@ -183,6 +186,8 @@ def append_results_row(path: Path, row: dict, replace_existing: bool = True) -> 
 
 def summary_text(r: dict) -> str:
     """The few lines a finished run logs: accuracy, size, latency per profile, where the outputs are."""
+    from latency.lut import whole_note
+
     lines = [f"== {r['model'] or r['arch_path'] or r['space']}{' (first-order)' if r['first_order'] else ''} on "
              f"{r['dataset']}: top-1 {r['top1']:.4f} ({r['evaluated_weights']} weights, {r['epochs']} epochs, "
              f"{r['train_time_s']:.0f} s training) ==",
@@ -194,7 +199,8 @@ def summary_text(r: dict) -> str:
             lines.append(f"  {name:5s} n/a ({lat['error']})")
         else:
             note = f"; {lat['error_note']}" if lat["error_note"] else ""
-            lines.append(f"  {name:5s} {lat['ms']:9.3f} ms  [{lat['predictor']}: {lat['provenance']}{note}]")
+            lines.append(f"  {name:5s} {lat['ms']:9.3f} ms{whole_note(lat)}  [{lat['predictor']}: "
+                         f"{lat['provenance']}{note}]")
     if r["host_latency_ms"]:
         h = r["host_latency_ms"]
         lines.append(f"  trained net on this host, batch 1: {h['ms']:.3f} ms [{h['predictor']}; {h['error_note']}]")

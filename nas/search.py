@@ -61,7 +61,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from latency.lut import LatencyTable, deployment_space, get_table
+from latency.lut import LatencyTable, deployment_space, get_table, measured_whole, whole_note
 from latency.profiles import load_profile, profile_from_dict
 from latency.units import parse_latency_ms
 from nas import accelerator, tb
@@ -619,12 +619,16 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
     choices, how, scored = derive_choices(cfg, setup, st)
     derive_s = time.perf_counter() - t_derive  # minutes with derive.method=train: part of the search's cost
     arch = setup.train_space.arch(choices)
-    dep_arch = deployment_space(setup.space, profile_from_dict(OmegaConf.to_container(cfg.device, resolve=True))
-                                ).arch(choices)  # the profile searched for, a user's own included
+    searched = profile_from_dict(OmegaConf.to_container(cfg.device, resolve=True))  # a user's own included
+    dep_arch = deployment_space(setup.space, searched).arch(choices)
     dep_net = build_net(dep_arch)
-    latency = {n: {"ms": t.arch_ms(arch), "predictor": t.predictor, "provenance": t.provenance,
-                   "error_note": t.error_note, "method": "sum of per-layer table entries"}
-               for n, t in setup.tables.items()}
+    latency = {}
+    for n, t in setup.tables.items():
+        profile = searched if n == searched.name else load_profile(n)
+        dep = deployment_space(setup.space, profile).arch(choices)
+        latency[n] = {"ms": t.arch_ms(dep), "predictor": t.predictor, "provenance": t.provenance,
+                      "error_note": t.error_note, "method": "sum of per-layer table entries",
+                      **measured_whole(t, dep, profile)}
     used = latency[device]["ms"] / target_ms
     model.pin(choices)
     val_top1 = evaluate(model, make_loader(shard(setup.val_part), 256, False, 0), setup.accel)["top1"]
@@ -757,8 +761,8 @@ def _summary_text(arch: Arch, run_dir: Path, target_ms: float, device: str) -> s
     for name, lat in m["latency_ms"].items():
         flag = (f" <= target ({100 * m['budget_used']:.0f}% of it)" if m["meets_target"] else " > TARGET") \
             if name == device else ""
-        lines.append(f"  {name:5s} {lat['ms']:9.3f} ms{flag}  [{lat['predictor']}: {lat['provenance']}"
-                     + (f"; {lat['error_note']}" if lat["error_note"] else "") + "]")
+        lines.append(f"  {name:5s} {lat['ms']:9.3f} ms{flag}{whole_note(lat)}  [{lat['predictor']}: "
+                     f"{lat['provenance']}" + (f"; {lat['error_note']}" if lat["error_note"] else "") + "]")
     dep = m["deployment"]
     lines += [f"deployment {'x'.join(map(str, dep['input_shape']))}: {dep['params'] / 1e6:.2f}M params, "
               f"{dep['macs'] / 1e6:.0f}M MACs; held-out top-1 in the supernet {m['val_top1_supernet']:.3f}",

@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ def test_predict_prints_every_profile_with_provenance(tmp_path, capsys):
     rows = predict_rows(arch, ["cpu", "gpu"])
     for r in rows:  # the stand-ins are additive: table sum == whole network at 1x3x224x224
         assert abs(r["table_ms"] - r["whole_net_ms"]) <= 1e-6 * r["whole_net_ms"]
+        assert abs(r["table_error_pct"]) <= 1e-4
+    assert re.search(r"  vpu\s+table\s+[\d.]+ ms \(\s*[+-][\d.]+% of the whole\), whole network\s+[\d.]+ ms", out)
 
 
 def test_predict_errors(tmp_path, capsys):

@@ -96,7 +96,10 @@ def test_retrain_writes_results_onnx_and_csv(trained, arch_json):
             assert "lookup table" in lat["method"]
         else:
             assert lat["ms"] is None and name != "host"  # only a missing predictor backend may fail
-    assert r["latency_ms"]["host"]["provenance"] == "measured"
+    host = r["latency_ms"]["host"]
+    assert host["provenance"] == "measured" and host["whole_net_ms"] > 0  # a measured table's sum never alone
+    assert host["table_error_pct"] == pytest.approx(100 * (host["ms"] - host["whole_net_ms"]) / host["whole_net_ms"])
+    assert "whole_net_ms" not in r["latency_ms"]["vpu"]
     assert r["host_latency_ms"]["ms"] > 0 and r["host_latency_ms"]["input_shape"] == [1, 1, 16, 16]
     assert r["train_time_s"] > 0 and r["config"]["train"]["epochs"] == 1
     assert (trained / "model.onnx").is_file() and r["onnx"]["max_abs_diff"] <= 1e-3

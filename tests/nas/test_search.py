@@ -190,6 +190,15 @@ def test_band_sampling_falls_back_to_uniform_when_the_band_is_empty(tmp_path, ca
     assert all(m.sample.gates is None for m in st.model.mixed_ops())
 
 
+def test_a_measured_tables_sum_is_exported_and_logged_with_its_whole_network(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="nas.search"):
+        meta = search(_cfg(*ONE, "device=vpu", "latency=30ms", "log_devices=[vpu,host]"), tmp_path)
+    host, vpu = meta["latency_ms"]["host"], meta["latency_ms"]["vpu"]
+    assert host["provenance"] == "measured" and host["whole_net_ms"] > 0 and "whole_net_ms" not in vpu
+    assert host["table_error_pct"] == pytest.approx(100 * (host["ms"] - host["whole_net_ms"]) / host["whole_net_ms"])
+    assert f"(whole network {host['whole_net_ms']:.3f} ms; table {host['table_error_pct']:+.1f}%)" in caplog.text
+
+
 def test_a_finished_search_is_not_rewritten_and_threads_may_change(tmp_path):
     search(_cfg(*ONE, "device=vpu", "latency=20ms"), tmp_path)
     before = (tmp_path / "arch.json").stat().st_mtime_ns
