@@ -307,6 +307,13 @@ class SearchConfig:
     derive: DeriveConfig = section(DeriveConfig)
 
 
+@dataclass
+class DeriveEntryConfig(SearchConfig):
+    """conf/derive.yaml (``python -m nas.derive``): a search's options and the supernet to derive from."""
+
+    supernet: str = opt(describe="PATH: a finished search's run folder (arch.json and checkpoint.pt)")
+
+
 # -- retrain, train, evaluate -----------------------------------------------------------------------
 @dataclass
 class RetrainTrainConfig:
@@ -379,8 +386,8 @@ class EvaluateConfig:
     eval: EvalConfig = section(EvalConfig)
 
 
-SCHEMAS: dict[str, type] = {"search": SearchConfig, "retrain": RetrainConfig, "train": RetrainConfig,
-                            "evaluate": EvaluateConfig}
+SCHEMAS: dict[str, type] = {"search": SearchConfig, "derive": DeriveEntryConfig, "retrain": RetrainConfig,
+                            "train": RetrainConfig, "evaluate": EvaluateConfig}
 GROUP_SCHEMAS: dict[str, type] = {"device": DeviceConfig, "search_space": SearchSpaceConfig,
                                   "dataset": DatasetConfig, "loss": LossConfig}
 
@@ -408,8 +415,10 @@ def check_config(cfg: DictConfig, entry: str) -> None:
         raise ValueError(f"unknown entry point {entry!r}; valid: {', '.join(SCHEMAS)}")
     _check_node(cfg, SCHEMAS[entry], "", "", skip=SKIPPED_KEYS)
     _accelerator_rules(cfg)
-    if entry == "search":
+    if entry in ("search", "derive"):
         _search_rules(cfg)
+        if entry == "derive":
+            _derive_rules(cfg)
     elif entry in ("retrain", "train"):
         _retrain_rules(cfg)
     else:
@@ -445,6 +454,17 @@ def _search_rules(cfg: DictConfig) -> None:
     if cfg.derive.method == "train" and cfg.derive.finalists < 1:
         raise ConfigError(f"derive.finalists={cfg.derive.finalists} is invalid for derive.method=train; valid: an "
                           "integer >= 1 (the candidates trained standalone)")
+
+
+def _derive_rules(cfg: DictConfig) -> None:
+    """The supernet's folder holds a finished search and its trained supernet."""
+    folder = Path(cfg.supernet)
+    if not (folder / "arch.json").is_file():
+        raise ConfigError(f"supernet={cfg.supernet} is invalid: no finished search there (no arch.json); valid: "
+                          "the run folder of a finished nas.search")
+    if not (folder / "checkpoint.pt").is_file():
+        raise ConfigError(f"supernet={cfg.supernet} is invalid: its checkpoint.pt is gone (keep_checkpoint=false); "
+                          "valid: the run folder of a search run with keep_checkpoint=true")
 
 
 def _retrain_rules(cfg: DictConfig) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from nas.config import GROUP_SCHEMAS, SCHEMAS, VARIANTS
 
-ENTRIES = {"search": "nas.search", "retrain": "nas.retrain", "train": "nas.train", "evaluate": "nas.evaluate"}
+ENTRIES = {"search": "nas.search", "derive": "nas.derive", "retrain": "nas.retrain", "train": "nas.train",
+           "evaluate": "nas.evaluate"}
 _KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?P<value>[^#]*?)\s*(?:#(?P<comment>.*))?$")
 _COMMENT = re.compile(r"^(?P<indent> *)#(?P<comment>.*)$")
 
@@ -69,9 +70,12 @@ def _conf_text(*parts: str) -> str:
     return (resources.files("conf").joinpath(*parts)).read_text()
 
 
+EXTENDS = {"train": "retrain", "derive": "search"}  # an entry point whose config extends another's
+
+
 def entry_options(entry: str) -> dict[str, tuple[str, str]]:
-    """An entry point's own keys (``train`` extends ``retrain``: its file's keys override)."""
-    opts = yaml_options(_conf_text("retrain.yaml")) if entry == "train" else {}
+    """An entry point's own keys (one that extends another, :data:`EXTENDS`, overrides the other's)."""
+    opts = yaml_options(_conf_text(f"{EXTENDS[entry]}.yaml")) if entry in EXTENDS else {}
     return {**opts, **yaml_options(_conf_text(f"{entry}.yaml"))}
 
 

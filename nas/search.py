@@ -613,7 +613,10 @@ def _candidate(choices: tuple[str, ...], names: list[list[str]], log_probs: list
             "ms": setup.table.arch_ms(setup.space.arch(choices))}
 
 
-def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: DistInfo, wall_s: float) -> dict:
+def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: DistInfo, wall_s: float,
+           provenance: dict | None = None) -> dict:
+    """Derive the architecture (``derive.*``), write ``arch.json`` (with ``provenance``'s keys in its metadata),
+    the history, the probabilities plot and the results row; return the metadata."""
     model, device, target_ms = st.model, setup.device, setup.target_ms
     t_derive = time.perf_counter()
     choices, how, scored = derive_choices(cfg, setup, st)
@@ -650,6 +653,7 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
         "candidates": scored,
         "probabilities": [[round(p, 4) for p in m.probs().tolist()] for m in model.mixed_ops()],
         "config": OmegaConf.to_container(cfg, resolve=True),
+        **(provenance or {}),
     }
     arch = arch.with_metadata(**meta)
     if dist_info.enabled:  # every rank must have derived the same architecture
@@ -669,7 +673,7 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
         arch.save(run_dir / "arch.json")
         if cfg.results_csv:
             append_results_row(Path(cfg.results_csv), _results_row(arch, run_dir))
-        log.info("search summary\n%s", _summary_text(arch, run_dir, target_ms, device))
+        log.info("search summary\n%s", search_summary_text(arch, run_dir, target_ms, device))
     return arch.metadata
 
 
@@ -713,7 +717,8 @@ def _finished(run_dir: Path, config: dict, dist_info: DistInfo) -> dict:
         append_results_row(Path(config["results_csv"]), _results_row(arch, run_dir), replace_existing=False)
     if dist_info.is_main:
         log.info("%s already holds a finished search; nothing rewritten\n%s", run_dir,
-                 _summary_text(arch, run_dir, arch.metadata["search"]["target_ms"], arch.metadata["search"]["device"]))
+                 search_summary_text(arch, run_dir, arch.metadata["search"]["target_ms"],
+                                     arch.metadata["search"]["device"]))
     return arch.metadata
 
 
@@ -754,7 +759,7 @@ def _heatmap(model: Supernet, exported: list[str] | None = None):
     return fig
 
 
-def _summary_text(arch: Arch, run_dir: Path, target_ms: float, device: str) -> str:
+def search_summary_text(arch: Arch, run_dir: Path, target_ms: float, device: str) -> str:
     m = arch.metadata
     lines = [f"== QuadraNAS search: {device} target {target_ms:.3f} ms ==",
              f"architecture ({m['derivation']}): " + " ".join(c.replace("quadra_", "") for c in arch.choices)]

@@ -26,9 +26,10 @@ from nas.report import append_results_row
 from nas.search import search
 
 ROOT = Path(__file__).resolve().parents[2]
-GROUPS = {"search": ("device", "search_space", "dataset", "loss"), "retrain": ("dataset",), "train": ("dataset",),
-          "evaluate": ("dataset",)}
-NEEDS = {"search": [], "retrain": ["model=quadranet25_xxs"], "train": ["model=quadranet25_xxs"],
+GROUPS = {"search": ("device", "search_space", "dataset", "loss"), "derive": ("device",), "retrain": ("dataset",),
+          "train": ("dataset",), "evaluate": ("dataset",)}
+NEEDS = {"search": [], "derive": ["supernet=run"], "retrain": ["model=quadranet25_xxs"],
+         "train": ["model=quadranet25_xxs"],
          "evaluate": ["checkpoint=run/checkpoint.pt"]}  # what each entry point needs besides its defaults
 
 
@@ -55,7 +56,10 @@ def _structured(cfg, entry: str):
 @pytest.mark.parametrize("entry,group,option", [(e, g, o) for e, groups in GROUPS.items() for g in groups
                                                 for o in _options(g)])
 def test_every_real_config_passes_its_schema(entry, group, option, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the default results_csv resolves here
+    monkeypatch.chdir(tmp_path)  # the default results_csv (and the supernet=run folder) resolve here
+    (tmp_path / "run").mkdir()
+    for name in ("arch.json", "checkpoint.pt"):  # what nas.derive's check asks of a finished search's folder
+        (tmp_path / "run" / name).touch()
     root = [f"dataset.root={tmp_path}"] if group == "dataset" and option in ("cifar10", "imagefolder") else []
     cfg = _compose(entry, f"{group}={option}", *root)
     before = OmegaConf.to_container(cfg)

@@ -1,0 +1,101 @@
+"""``nas.derive``: one trained supernet, derived again for other devices and targets, on the digits data."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from latency.lut import get_table
+from latency.profiles import load_profile
+from nas.config import ConfigError
+from nas.derive import SUPERNET_KEYS, derivation_config, derive_from_supernet
+from nas.search import search
+from search_spaces.arch import Arch
+from search_spaces.spaces import space_from_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+SEARCH = ["dataset=digits", "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=64", "threads=1",
+          "accelerator=cpu", "results_csv=null", "log_devices=[vpu]", "device=vpu", "latency=30ms"]
+QUIET = ["threads=1", "accelerator=cpu", "results_csv=null"]
+
+
+def _compose(name: str, *overrides: str):
+    with initialize_config_dir(str(CONF), version_base=None):
+        return compose(name, overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("search")
+    search(_compose("search", *SEARCH), run)
+    return run
+
+
+def _cpu_target(run: Path) -> float:
+    """Halfway through the default space's cpu range, in ms."""
+    cfg = Arch.load(run / "arch.json").metadata["config"]
+    lo, hi = get_table(space_from_config(cfg["search_space"]), load_profile("cpu"), progress=False).range_ms()
+    return round((lo + hi) / 2, 1)
+
+
+def test_deriving_for_the_searched_target_reproduces_the_search_export(searched, tmp_path):
+    meta = derive_from_supernet(_compose("derive", f"supernet={searched}", *QUIET, "device=vpu", "latency=30ms",
+                                         "log_devices=[vpu]"), tmp_path)
+    assert meta["derivation"].startswith("select:")
+    assert Arch.load(tmp_path / "arch.json").choices == Arch.load(searched / "arch.json").choices
+    assert meta["supernet"]["run_dir"] == str(searched.resolve())
+    assert meta["supernet"]["searched_for"] == {"device": "vpu", "latency": "30ms"}
+    assert meta["supernet"]["recipe"]["dataset"]["name"] == "digits" and meta["supernet"]["epochs"] == 1
+
+
+def test_a_device_the_supernet_was_not_searched_for_gets_its_own_table(searched, tmp_path):
+    target = _cpu_target(searched)
+    meta = derive_from_supernet(_compose("derive", f"supernet={searched}", *QUIET, "device=cpu",
+                                         f"latency={target}ms", "log_devices=[gpu]", "derive.method=budgeted"),
+                                tmp_path)
+    assert meta["search"]["device"] == "cpu" and meta["search"]["target_ms"] == target
+    assert set(meta["latency_ms"]) == {"cpu", "gpu"} and meta["meets_target"]
+    assert 0.9 <= meta["budget_used"] <= 1.0  # the band [derive.min_fraction * T, T]
+    assert meta["config"]["dataset"]["name"] == "digits"  # the supernet's, not the derive config's default
+    again = derive_from_supernet(_compose("derive", f"supernet={searched}", *QUIET, "device=cpu",
+                                          f"latency={target}ms", "log_devices=[gpu]", "derive.method=budgeted"),
+                                 tmp_path)
+    assert again == meta  # a finished derivation is reported, not derived again
+
+
+def test_the_supernets_training_keys_come_from_its_checkpoint(searched):
+    cfg = _compose("derive", f"supernet={searched}", "device=gpu", "latency=1ms", "train.lr=0.5")
+    saved = Arch.load(searched / "arch.json").metadata["config"]
+    merged = derivation_config(cfg, saved)
+    assert all(merged[k] == saved[k] for k in SUPERNET_KEYS)
+    assert merged.device.name == "gpu" and merged.latency == "1ms" and "supernet" not in merged
+    with pytest.raises(ConfigError, match=r"train.lr=0.5 is invalid: the supernet in .+ was trained with "
+                                          r"train.lr=0.002; a derivation keeps what trained it"):
+        derive_from_supernet(cfg, searched.parent / "d-lr", given=["train.lr=0.5"])
+
+
+def _cli(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nas.derive", *QUIET, *overrides], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_bad_input_is_one_line_and_exit_2(searched, tmp_path):
+    gone = tmp_path / "gone"  # keep_checkpoint=false: the export is there, the supernet is not
+    gone.mkdir()
+    (gone / "arch.json").write_bytes((searched / "arch.json").read_bytes())
+    cases = [
+        ([f"supernet={tmp_path / 'nowhere'}"], "no finished search there (no arch.json)"),
+        ([f"supernet={gone}"], "its checkpoint.pt is gone (keep_checkpoint=false)"),
+        ([f"supernet={searched}", "search_space=proxyless"],
+         "search_space=proxyless is invalid: the supernet in"),
+        ([f"supernet={searched}", "device=vpu", "latency=0.01ms"], "below the space's minimum"),
+        (["device=vpu"], "supernet is required"),
+    ]
+    for i, (overrides, message) in enumerate(cases):
+        r = _cli(*overrides, f"hydra.run.dir={tmp_path / str(i)}")
+        assert r.returncode == 2, (overrides, r.stderr)
+        lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and message in lines[0], (overrides, r.stderr)
