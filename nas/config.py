@@ -308,10 +308,17 @@ class SearchConfig:
 
 
 @dataclass
+class FrontConfig:
+    devices: list[str] = opt(choices=device_names)
+    targets: int = opt(Range(2, 64))
+
+
+@dataclass
 class DeriveEntryConfig(SearchConfig):
     """conf/derive.yaml (``python -m nas.derive``): a search's options and the supernet to derive from."""
 
     supernet: str = opt(describe="PATH: a finished search's run folder (arch.json and checkpoint.pt)")
+    front: FrontConfig = section(FrontConfig)
 
 
 # -- retrain, train, evaluate -----------------------------------------------------------------------

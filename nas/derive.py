@@ -11,6 +11,12 @@ from its checkpoint, and giving another value for it is an error. The run folder
 run, the target it was searched for and its training recipe, ``history.csv`` (the supernet's),
 ``probabilities.png`` and a row in ``results_csv``. Rerunning a finished derivation prints its summary and
 rewrites nothing. Exit codes as ``nas.search``.
+
+    python -m nas.derive supernet=RUN front.devices=[vpu,cpu] [front.targets=6]
+
+derives a front instead: ``front.targets`` targets per device (:func:`ladder_ms`), each derived with
+``derive.*``, written to ``front.csv`` (target, table latency, budget used, held-out top-1 with the supernet's
+weights, choices) and ``front.png``.
 """
 
 from __future__ import annotations
@@ -19,25 +25,32 @@ import logging
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
+import numpy as np
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
+from latency.lut import LatencyTable
 from nas import accelerator
 from nas.checkpoint import CHECKPOINT, check_resume_config, load_checkpoint
 from nas.cli import hydra_run_dir, run_cli
 from nas.config import ConfigError, check_config
-from nas.loops import init_distributed, set_threads
+from nas.data import make_loader
+from nas.loops import evaluate, init_distributed, set_threads, shard
 from nas.runlock import run_folder
-from nas.search import build_state, export, prepare, search_summary_text
+from nas.search import Setup, State, build_state, derive_choices, export, prepare, search_summary_text
 from search_spaces.arch import Arch
+from search_spaces.io import atomic_save_figure, atomic_write_text
 
 log = logging.getLogger("nas.derive")
 
 # What trained the supernet: read from its checkpoint, never from the command line.
 SUPERNET_KEYS = ("dataset", "search_space", "seed", "mode", "train", "arch", "loss", "quad_impl")
-OWN_KEYS = ("supernet", "hydra")  # keys of conf/derive.yaml that are not a search's
+OWN_KEYS = ("supernet", "front", "hydra")  # keys of conf/derive.yaml that are not a search's
 
 
 def derivation_config(cfg: DictConfig, saved: dict) -> DictConfig:
@@ -92,6 +105,13 @@ def _derive(cfg: DictConfig, run_dir: Path, given: list[str]) -> dict:
                      search_summary_text(arch, run_dir, arch.metadata["search"]["target_ms"],
                                    arch.metadata["search"]["device"]))
         return arch.metadata
+    if cfg.front.devices:
+        if (run_dir / FRONT_CSV).exists():
+            rows = pd.read_csv(run_dir / FRONT_CSV)
+            log.info("%s already holds a finished front; nothing rewritten\n%s", run_dir,
+                     rows.to_string(index=False))
+            return {"front": rows.to_dict("records")}
+        scfg.log_devices = list(dict.fromkeys([*cfg.front.devices, *scfg.log_devices]))  # a table per device
     setup = prepare(scfg, dist_info, accel)
     st = build_state(scfg, setup)
     st.model.load_state_dict(state["model"])
@@ -101,10 +121,74 @@ def _derive(cfg: DictConfig, run_dir: Path, given: list[str]) -> dict:
         "run_dir": str(source), "searched_for": {"device": saved["device"]["name"], "latency": saved["latency"]},
         "recipe": {k: saved[k] for k in SUPERNET_KEYS if k in saved}, "search_wall_s": st.wall_s,
         "epochs": st.epoch, "arch_steps": st.arch_steps}}
+    if cfg.front.devices:
+        return front(scfg, setup, st, run_dir, list(cfg.front.devices), int(cfg.front.targets), provenance)
     if dist_info.is_main:
         log.info("deriving for %s at %s from the supernet of %s (searched for %s at %s, %d epochs)",
                  setup.device, scfg.latency, source, saved["device"]["name"], saved["latency"], st.epoch)
     return export(scfg, setup, st, run_dir, dist_info, time.perf_counter() - t_start, provenance)
+
+
+# -- fronts ---------------------------------------------------------------------------------------
+LADDER_QUANTILES = (0.1, 0.9)  # a front's targets: evenly spaced quantiles of uniform draws' latency
+LADDER_DRAWS = 4000
+README_POINT = ("vpu", 30.0)  # the README's main command, marked on a front's plot
+FRONT_CSV, FRONT_PNG = "front.csv", "front.png"
+
+
+def ladder_ms(table: LatencyTable, n: int, seed: int) -> list[float]:
+    """``n`` targets (ms, 2 decimals) from the 10th to the 90th percentile of the latency of architectures
+    drawn uniformly per layer on ``table``'s device: the range a front spans."""
+    rng = np.random.default_rng(seed)
+    ms = table.fixed_ms + sum(rng.choice(layer, size=LADDER_DRAWS) for layer in table.layer_ms())
+    return [round(float(q), 2) for q in np.quantile(ms, np.linspace(*LADDER_QUANTILES, n))]
+
+
+def front(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, devices: list[str], n: int,
+          provenance: dict) -> dict:
+    """Derive at ``n`` targets per device (:func:`ladder_ms`) with ``derive.*``; each point's table latency,
+    budget used and held-out top-1 with the supernet's weights. Writes ``front.csv`` and ``front.png``."""
+    val = make_loader(shard(setup.val_part), 256, False, 0)
+    rows = []
+    for device in devices:
+        for target in tqdm(ladder_ms(setup.tables[device], n, int(cfg.seed)), desc=f"front on {device}", leave=False):
+            at = replace(setup, device=device, target_ms=target)
+            choices, how, _ = derive_choices(cfg, at, st)
+            ms = at.table.arch_ms(at.space.arch(choices))
+            st.model.pin(choices)
+            rows.append({"device": device, "target_ms": target, "latency_ms": round(ms, 4),
+                         "budget_used": round(ms / target, 4), "val_top1_supernet": evaluate(st.model, val,
+                                                                                            setup.accel)["top1"],
+                         "predictor": at.table.predictor, "provenance": at.table.provenance, "derivation": how,
+                         "choices": " ".join(choices)})
+    table = pd.DataFrame(rows)
+    atomic_write_text(run_dir / FRONT_CSV, table.to_csv(index=False))
+    atomic_save_figure(front_plot(table, provenance["supernet"]["run_dir"]), run_dir / FRONT_PNG)
+    log.info("front of %d points on %s\n%s\noutputs in %s: %s %s", len(table), ", ".join(devices),
+             table.drop(columns=["choices", "derivation", "predictor", "provenance"]).to_string(index=False),
+             run_dir, FRONT_CSV, FRONT_PNG)
+    return {"front": rows, **provenance}
+
+
+def front_plot(table: pd.DataFrame, source: str):
+    """Per device: table latency against held-out top-1 with the supernet's weights; the README's point marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    devices = list(dict.fromkeys(table.device))
+    fig, axes = plt.subplots(1, len(devices), figsize=(4.5 * len(devices), 3.6), squeeze=False)
+    for ax, device in zip(axes[0], devices, strict=True):
+        part = table[table.device == device].sort_values("latency_ms")
+        ax.plot(part.latency_ms, part.val_top1_supernet, "o-")
+        if device == README_POINT[0]:
+            ax.axvline(README_POINT[1], ls="--", c="grey", label=f"README default ({device} {README_POINT[1]:g} ms)")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_xlabel(f"{device} latency (ms, {part.provenance.iloc[0]})")
+        ax.set_ylabel("held-out top-1, supernet weights")
+        ax.set_title(f"{device}: {len(part)} targets")
+    fig.suptitle(f"front of one supernet: {Path(source).name}", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def _given() -> list[str]:

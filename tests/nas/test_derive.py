@@ -4,13 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from latency.lut import get_table
 from latency.profiles import load_profile
 from nas.config import ConfigError
-from nas.derive import SUPERNET_KEYS, derivation_config, derive_from_supernet
+from nas.derive import FRONT_CSV, FRONT_PNG, SUPERNET_KEYS, derivation_config, derive_from_supernet, ladder_ms
 from nas.search import search
 from search_spaces.arch import Arch
 from search_spaces.spaces import space_from_config
@@ -99,3 +101,32 @@ def test_bad_input_is_one_line_and_exit_2(searched, tmp_path):
         assert r.returncode == 2, (overrides, r.stderr)
         lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and message in lines[0], (overrides, r.stderr)
+
+
+def test_a_front_on_two_devices_from_one_supernet(searched, tmp_path):
+    out = derive_from_supernet(_compose("derive", f"supernet={searched}", *QUIET, "front.devices=[vpu,cpu]",
+                                        "front.targets=3", "derive.candidates=4", "log_devices=[vpu]"), tmp_path)
+    table = pd.read_csv(tmp_path / FRONT_CSV)
+    assert (tmp_path / FRONT_PNG).is_file() and len(out["front"]) == 6
+    assert list(table.device) == ["vpu"] * 3 + ["cpu"] * 3
+    for device, part in table.groupby("device"):
+        targets = list(part.target_ms)
+        assert targets == sorted(targets) and len(set(targets)) == 3  # a ladder, not one point
+        lo, hi = get_table(space_from_config(Arch.load(searched / "arch.json").metadata["config"]["search_space"]),
+                           load_profile(device), progress=False).range_ms()
+        assert lo < targets[0] and targets[-1] < hi
+    assert (table.latency_ms <= table.target_ms + 1e-9).all() and (table.budget_used >= 0.9).all()
+    assert table.val_top1_supernet.between(0, 1).all() and table.derivation.str.startswith("select:").all()
+    assert not (tmp_path / "arch.json").exists()
+    again = derive_from_supernet(_compose("derive", f"supernet={searched}", *QUIET, "front.devices=[vpu,cpu]",
+                                          "front.targets=3", "derive.candidates=4", "log_devices=[vpu]"), tmp_path)
+    assert pd.DataFrame(again["front"]).equals(table)  # a finished front is reported, not derived again
+
+
+def test_a_ladder_spans_the_middle_of_uniform_draws():
+    table = get_table(space_from_config(OmegaConf.to_container(_compose("search").search_space)), load_profile("vpu"),
+                      progress=False)
+    lo, hi = table.range_ms()
+    ladder = ladder_ms(table, 6, seed=0)
+    assert len(ladder) == 6 and ladder == sorted(ladder) and lo < ladder[0] < ladder[-1] < hi
+    assert ladder == ladder_ms(table, 6, seed=0)
