@@ -40,9 +40,10 @@ from nas.checkpoint import CHECKPOINT, check_resume_config, load_checkpoint
 from nas.cli import hydra_run_dir, run_cli
 from nas.config import ConfigError, check_config
 from nas.data import make_loader
+from nas.derivations import derive_choices
 from nas.loops import evaluate, init_distributed, set_threads, shard
 from nas.runlock import run_folder
-from nas.search import Setup, State, build_state, derive_choices, export, prepare, search_summary_text
+from nas.search import Setup, State, build_state, export, prepare, search_summary_text
 from search_spaces.arch import Arch
 from search_spaces.io import atomic_save_figure, atomic_write_text
 

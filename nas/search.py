@@ -78,6 +78,7 @@ from nas.checkpoint import (
 from nas.cli import hydra_run_dir, override_arg, run_cli
 from nas.config import check_config
 from nas.data import get_dataset, make_loader, to_device, train_val_split
+from nas.derivations import band_ms, derive_choices, draw_in_band
 from nas.loops import (
     DistInfo,
     TrainingDiverged,
@@ -86,7 +87,6 @@ from nas.loops import (
     evaluate,
     init_distributed,
     rank0_builds,
-    rank_and_world,
     seed_everything,
     set_lr,
     set_threads,
@@ -95,24 +95,20 @@ from nas.loops import (
 from nas.report import append_results_row
 from nas.runlock import run_folder
 from nas.steps import PathSync, arch_step, export_ms, export_ms_tensor, lut_tensors, weight_step
-from nas.trainer import param_groups
 from search_spaces.arch import Arch, build_net
 from search_spaces.blocks import SKIP_OPS
 from search_spaces.io import atomic_save_figure, atomic_write_text
-from search_spaces.naswot import naswot_scores
 from search_spaces.quadratic import set_impl
-from search_spaces.sampling import EmptyBand, sample_in_band
+from search_spaces.sampling import EmptyBand
 from search_spaces.spaces import SearchSpace, space_from_config
 from search_spaces.summary import count_macs, count_params
-from supernet.derive import InfeasibleTarget, derive
+from supernet.derive import InfeasibleTarget
 from supernet.loss import LatencyLoss
 from supernet.mixed import prefetch_host
 from supernet.supernet import Supernet
 
 log = logging.getLogger("nas.search")
 
-DERIVE_STREAM = 1  # derive.method=train: data-order stream of the finalists' training (the search's is 0)
-NASWOT_BATCH = 64  # derive.method=naswot: images per code kernel (two batches and inits: tau 0.94-0.99, proxy_tau)
 BAND_POOL = 4096  # train.sampling=band: architectures drawn in the band (fewer when the band holds fewer)
 
 
@@ -258,21 +254,6 @@ def build_state(cfg: DictConfig, setup: Setup) -> State:
             for n, tb in setup.tables.items()}
     pool = band_pool(cfg, setup, model) if cfg.train.sampling == "band" else None
     return State(model, w_opt, a_opt, loss_fn, torch.Generator().manual_seed(cfg.seed), luts, pool)
-
-
-def band_ms(cfg: DictConfig, setup: Setup) -> tuple[float, float]:
-    """The band an export must land in: ``[derive.min_fraction * T, T]`` on the search device."""
-    return float(cfg.derive.min_fraction) * setup.target_ms, setup.target_ms
-
-
-def draw_in_band(cfg: DictConfig, setup: Setup, model: Supernet, n: int,
-                 layer_probs: list[list[float]] | None = None) -> list[tuple[str, ...]]:
-    """Up to ``n`` distinct architectures (at least one, else :class:`EmptyBand`) in :func:`band_ms`, drawn
-    with the random baseline's distribution (:mod:`search_spaces.sampling`; ``layer_probs`` mixes in a
-    learned one); deterministic in the seed. At most 2M draws: ~1 s for a rare band."""
-    lo, hi = band_ms(cfg, setup)
-    return sample_in_band([m.names for m in model.mixed_ops()], setup.table.layer_ms(), setup.table.fixed_ms, lo,
-                          hi, n, seed=cfg.seed, layer_probs=layer_probs, max_draws=2_000_000, at_least=1)
 
 
 def band_pool(cfg: DictConfig, setup: Setup, model: Supernet) -> list[tuple[str, ...]] | None:
@@ -470,149 +451,7 @@ def end_epoch(cfg: DictConfig, setup: Setup, st: State, stats: dict, run_dir: Pa
         "path_gen": st.path_gen.get_state(), "rng": rng_state()})
 
 
-# -- derivation and export --------------------------------------------------------------------
-def derive_choices(cfg: DictConfig, setup: Setup, st: State) -> tuple[list[str], str, list[dict]]:
-    """The exported choices, a description of how they were derived, and the scored candidates."""
-    model, table, t = st.model, setup.table, setup.target_ms
-    names = [m.names for m in model.mixed_ops()]
-    log_probs = [torch.log_softmax(a.detach(), 0).tolist() for a in model.arch_parameters()]
-    method, (lo, _) = cfg.derive.method, band_ms(cfg, setup)
-    if method == "argmax":
-        return list(model.export().choices), "argmax (paper)", []
-    picks = derive(log_probs, table.layer_ms(), table.fixed_ms, t, min_ms=lo)
-    likely = [n[i] for n, i in zip(names, picks)]
-    if method == "budgeted":
-        how = "argmax" if tuple(likely) == model.export().choices else f"most likely in [{lo:.3f}, {t:.3f}] ms"
-        return likely, how, []
-    try:
-        drawn = draw_in_band(cfg, setup, model, int(cfg.derive.candidates),
-                             layer_probs=[m.probs().tolist() for m in model.mixed_ops()])
-    except EmptyBand as e:
-        log.warning("%s derivation: %s; exporting the most likely architecture in the band", method, e)
-        drawn = []
-    candidates = list(dict.fromkeys([tuple(likely), *drawn]))
-    if method == "naswot":
-        return _naswot_pick(cfg, setup, candidates, names, log_probs)
-    first = torch.utils.data.Subset(setup.val_part, range(min(int(cfg.derive.eval_images), len(setup.val_part))))
-    scored = _score(model, candidates, first, names, log_probs, setup, "scoring candidates")
-    finalists, how = int(cfg.derive.finalists), f"{len(scored)} candidates in [{lo:.3f}, {t:.3f}] ms"
-    if method == "train":
-        return _train_pick(cfg, setup, scored, how)
-    if finalists > 0 and len(first) < len(setup.val_part):
-        # 2,000 images give each score a standard error of ~0.9 pt, more than the spread of the candidates:
-        # the best few are scored again on the whole held-out split (successive halving, one round)
-        top = sorted(scored, key=lambda r: -r["val_top1"])[:finalists]
-        rest = [dict(r, finalist=False) for r in scored if r not in top]
-        scored = _score(model, [tuple(r["choices"]) for r in top], setup.val_part, names, log_probs, setup,
-                        "scoring finalists")
-        how += f", the best {len(scored)} scored again on {len(setup.val_part)} images"
-        scored += rest
-    best = max((r for r in scored if r.get("finalist", True)), key=lambda r: (r["val_top1"], r["log_prob"]))
-    return best["choices"], f"select: best held-out top-1 of {how}, with supernet weights", scored
-
-
-def _train_pick(cfg: DictConfig, setup: Setup, scored: list[dict], how: str) -> tuple[list[str], str, list[dict]]:
-    """The best ``derive.finalists`` of select's first round (by their held-out top-1 with supernet weights),
-    each trained standalone from scratch for ``derive.train_epochs`` on the search's training split and scored
-    on the whole held-out split; the best is exported. Every finalist starts from the same seed and sees the
-    same batches (common random numbers), so their scores differ by architecture, not by draw."""
-    top = sorted(scored, key=lambda r: -r["val_top1"])[:int(cfg.derive.finalists)]
-    rest = [dict(r, finalist=False) for r in scored if r not in top]
-    scores = _finalist_scores(cfg, setup, top)
-    trained = [dict(r, supernet_top1=r.pop("val_top1"), images=len(setup.val_part), val_top1=score)
-               for r, score in zip(top, scores, strict=True)]
-    best = max(trained, key=lambda r: (r["val_top1"], r["log_prob"]))
-    epochs = float(cfg.derive.train_epochs)
-    return best["choices"], (f"train: best held-out top-1 of the {len(trained)} best of {how} (by supernet "
-                             f"weights), each trained standalone for {epochs:g} epoch(s) on "
-                             f"{len(setup.train_part)} images"), trained + rest
-
-
-def _finalist_scores(cfg: DictConfig, setup: Setup, top: list[dict]) -> list[float]:
-    """Each finalist's :func:`train_standalone` top-1. Under DDP rank r trains finalists r, r + world, ... alone
-    and the scores are gathered, so extra GPUs divide the work (each finalist's result does not depend on
-    which rank trained it: the same seed, the same batches)."""
-    rank, world = rank_and_world()
-    mine = {i: train_standalone(cfg, setup, setup.train_space.arch(r["choices"]), alone=world > 1)
-            for i, r in enumerate(tqdm(top, desc="training finalists", leave=False)) if i % world == rank}
-    if world > 1:
-        import torch.distributed as dist
-        gathered: list[dict[int, float] | None] = [None] * world
-        dist.all_gather_object(gathered, mine)
-        mine = {i: score for part in gathered for i, score in part.items()}
-    return [mine[i] for i in range(len(top))]
-
-
-def train_standalone(cfg: DictConfig, setup: Setup, arch: Arch, alone: bool = False) -> float:
-    """Held-out top-1 of ``arch`` trained from scratch for ``derive.train_epochs`` epochs of the search's
-    training split: AdamW with the search's lr, weight decay, label smoothing and clipping, linear warm-up over
-    the first half of the steps and cosine to 0 over the second (the retrain recipe's shape, shortened).
-    ``alone``: this process trains it by itself under DDP (scored on the whole split, nothing all-reduced)."""
-    tc, shared = cfg.train, setup.accel
-    # its own loss scaler at precision=16: each finalist starts from the initial scale, not the last one's
-    accel = Accelerator(shared.device, shared.precision, shared.channels_last)
-    seed_everything(cfg.seed)
-    net = accel.module(build_net(arch))
-    opt = torch.optim.AdamW(param_groups(net, tc.weight_decay), lr=tc.lr)
-    per_epoch = len(setup.train_part) // int(tc.batch_size)
-    total = max(1, round(float(cfg.derive.train_epochs) * per_epoch))
-    step, epoch = 0, 0
-    net.train()
-    while step < total:
-        for x, y in accel.batches(epoch_loader(setup.train_part, int(tc.batch_size), cfg.seed, epoch, DistInfo(),
-                                               stream=DERIVE_STREAM)):
-            set_lr(opt, cosine_lr(tc.lr, step, total, warmup_steps=total // 2))
-            with accel.autocast():
-                loss = torch.nn.functional.cross_entropy(net(x), y, label_smoothing=tc.label_smoothing)
-            if not torch.isfinite(loss.detach()):
-                log.warning("derive.method=train: the loss of %s became %s at step %d; scored as 0",
-                            " ".join(arch.choices), loss.item(), step + 1)
-                return 0.0
-            accel.backward(loss, opt, net.parameters(), tc.grad_clip)
-            accel.apply(opt)
-            step += 1
-            if step == total:
-                break
-        epoch += 1
-    if alone:
-        return evaluate(net, make_loader(setup.val_part, 256, False, 0), accel, reduce=False)["top1"]
-    return evaluate(net, make_loader(shard(setup.val_part), 256, False, 0), accel)["top1"]
-
-
-def _naswot_pick(cfg: DictConfig, setup: Setup, candidates: list[tuple[str, ...]], names: list[list[str]],
-                 log_probs: list[list[float]]) -> tuple[list[str], str, list[dict]]:
-    """The candidate of highest NASWOT score (:mod:`search_spaces.naswot`): each standalone network at
-    initialisation (seeded), on the first ``NASWOT_BATCH`` images of the held-out split."""
-    n = min(NASWOT_BATCH, len(setup.val_part))
-    images = torch.stack([setup.val_part[i][0] for i in range(n)]).cpu()  # standalone nets, scored on the CPU
-    archs = [setup.train_space.arch(c) for c in candidates]
-    scores = naswot_scores(tqdm(archs, desc="NASWOT scores", leave=False), images, seed=cfg.seed)
-    scored = [dict(_candidate(c, names, log_probs, setup), naswot=s, images=n) for c, s in zip(candidates, scores)]
-    best = max(scored, key=lambda r: (r["naswot"], r["log_prob"]))
-    lo, t = band_ms(cfg, setup)
-    return best["choices"], (f"naswot: best training-free NASWOT score of {len(scored)} candidates in "
-                             f"[{lo:.3f}, {t:.3f}] ms, networks at initialisation on {n} images"), scored
-
-
-def _score(model, candidates: list[tuple[str, ...]], images, names: list[list[str]],
-           log_probs: list[list[float]], setup: Setup, desc: str) -> list[dict]:
-    """Each candidate pinned in the supernet and evaluated on ``images`` with the inherited weights."""
-    loader = make_loader(shard(images), 256, False, 0)  # each rank scores its share
-    scored = []
-    for choices in tqdm(candidates, desc=desc, leave=False):
-        model.pin(choices)
-        scored.append(dict(_candidate(choices, names, log_probs, setup),
-                           val_top1=evaluate(model, loader, setup.accel)["top1"], images=len(images)))
-    return scored
-
-
-def _candidate(choices: tuple[str, ...], names: list[list[str]], log_probs: list[list[float]],
-               setup: Setup) -> dict:
-    """A candidate's choices, log-probability under the learned distribution and table latency."""
-    return {"choices": list(choices), "log_prob": sum(lpr[n.index(c)] for lpr, n, c in zip(log_probs, names, choices)),
-            "ms": setup.table.arch_ms(setup.space.arch(choices))}
-
-
+# -- export -----------------------------------------------------------------------------------
 def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: DistInfo, wall_s: float,
            provenance: dict | None = None) -> dict:
     """Derive the architecture (``derive.*``), write ``arch.json`` (with ``provenance``'s keys in its metadata),

@@ -194,17 +194,17 @@ def test_a_loss_that_diverged_on_one_rank_stops_every_rank_at_that_step(tmp_path
 
 
 def _finalists_worker(rank: int, out: str) -> None:
-    import nas.search
+    import nas.derivations
 
     def fake(cfg, setup, arch, alone=False):
         (Path(out) / f"trained-{rank}-{arch.choices[0]}").write_text(str(alone))
         return float(len(arch.choices[0]))
 
-    nas.search.train_standalone = fake
+    nas.derivations.train_standalone = fake
     setup = type("Setup", (), {"train_space": get_space("quadra").with_input((1, 16, 16), 10, 2)})()
     names = ["identity", "quadra_k3_e2", "quadra_k5_e2", "quadra_k7_e2", "quadra_k3_e4"]
     top = [{"choices": [n] + ["identity"] * 19} for n in names]
-    scores = nas.search._finalist_scores(None, setup, top)
+    scores = nas.derivations._finalist_scores(None, setup, top)
     (Path(out) / f"scores-{rank}").write_text(json.dumps(scores))
 
 
@@ -322,7 +322,7 @@ def test_each_finalist_trains_with_its_own_loss_scaler(monkeypatch):
     setup = nas.search.prepare(cfg, DistInfo())
     arch = setup.train_space.random_arch(0)
     for _ in range(2):
-        nas.search.train_standalone(cfg, setup, arch)
+        nas.derivations.train_standalone(cfg, setup, arch)
     first, second = {id(s) for s in scalers[:len(scalers) // 2]}, {id(s) for s in scalers[len(scalers) // 2:]}
     assert len(first) == len(second) == 1 and first != second and id(setup.accel.scaler) not in first | second
 

@@ -262,8 +262,14 @@ def test_sweep_folders_name_what_changed_without_brackets(tmp_path):
         assert Arch.load(sweep / name / "arch.json").metadata["config"]["search_space"]["kernels"] == [3, 5]
 
 
+def test_every_derive_method_is_registered_once_in_the_order_of_the_config():
+    from nas.config import DERIVE_METHODS
+    from nas.derivations import METHODS
+    assert tuple(METHODS) == DERIVE_METHODS
+
+
 def test_standalone_training_of_a_finalist_learns_and_is_repeatable():
-    from nas.search import train_standalone
+    from nas.derivations import train_standalone
     cfg = _cfg("device=vpu", "latency=30ms", "derive.train_epochs=3")
     setup = prepare(cfg, DistInfo())
     arch = setup.train_space.arch(["quadra_k3_e2"] + ["identity"] * (len(setup.train_space.layers()) - 1))
