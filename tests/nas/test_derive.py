@@ -1,5 +1,6 @@
 """``nas.derive``: one trained supernet, derived again for other devices and targets, on the digits data."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from nas.derive import FRONT_CSV, FRONT_PNG, SUPERNET_KEYS, derivation_config, d
 from nas.search import search
 from search_spaces.arch import Arch
 from search_spaces.spaces import space_from_config
+from supernet.derive import InfeasibleTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -79,28 +81,24 @@ def test_the_supernets_training_keys_come_from_its_checkpoint(searched):
         derive_from_supernet(cfg, searched.parent / "d-lr", given=["train.lr=0.5"])
 
 
-def _cli(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nas.derive", *QUIET, *overrides], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
-
-
-def test_bad_input_is_one_line_and_exit_2(searched, tmp_path):
+def test_bad_input_is_one_clear_error(searched, tmp_path):
     gone = tmp_path / "gone"  # keep_checkpoint=false: the export is there, the supernet is not
     gone.mkdir()
     (gone / "arch.json").write_bytes((searched / "arch.json").read_bytes())
     cases = [
-        ([f"supernet={tmp_path / 'nowhere'}"], "no finished search there (no arch.json)"),
-        ([f"supernet={gone}"], "its checkpoint.pt is gone (keep_checkpoint=false)"),
-        ([f"supernet={searched}", "search_space=proxyless"],
-         "search_space=proxyless is invalid: the supernet in"),
-        ([f"supernet={searched}", "device=vpu", "latency=0.01ms"], "below the space's minimum"),
-        (["device=vpu"], "supernet is required"),
+        ([f"supernet={tmp_path / 'nowhere'}"], ConfigError, "no finished search there (no arch.json)"),
+        ([f"supernet={gone}"], ConfigError, "its checkpoint.pt is gone (keep_checkpoint=false)"),
+        ([f"supernet={searched}", "device=vpu", "latency=0.01ms"], InfeasibleTarget, "below the space's minimum"),
     ]
-    for i, (overrides, message) in enumerate(cases):
-        r = _cli(*overrides, f"hydra.run.dir={tmp_path / str(i)}")
-        assert r.returncode == 2, (overrides, r.stderr)
-        lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1 and message in lines[0], (overrides, r.stderr)
+    for i, (overrides, error, message) in enumerate(cases):
+        with pytest.raises(error, match=re.escape(message)):
+            derive_from_supernet(_compose("derive", *QUIET, *overrides), tmp_path / str(i))
+    # on the command line: one line, exit 2; the override that would change the supernet is named
+    r = subprocess.run([sys.executable, "-m", "nas.derive", *QUIET, f"supernet={searched}", "search_space=proxyless",
+                        f"hydra.run.dir={tmp_path / 'cli'}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr
+    assert "search_space=proxyless is invalid: the supernet in" in errors[0] and "search_space=quadra" in errors[0]
 
 
 def test_a_front_on_two_devices_from_one_supernet(searched, tmp_path):
