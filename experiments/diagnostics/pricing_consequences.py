@@ -145,7 +145,7 @@ def run(device: str = "vpu", target_ms: float = 30.0, out: Path = OUT) -> pd.Dat
     key = DEVICE_KEYS[device]
     show = df.drop(columns=["choices", "device", "target_ms"])
     lines = [f"# Most block MACs under {device} {target_ms:g} ms, per pricing (`python -m experiments."
-             "pricing_consequences`)", "",
+             "diagnostics.pricing_consequences`)", "",
              f"Latencies: `standin/{key}` (calibrated stand-in, NOT nn-Meter) per candidate at the deployment shape "
              "(224 px), under each pricing; a dynamic program maximises the searchable blocks' MACs with the table "
              "sum (fixed part included) within the target. `drop-only`: nn-Meter's dropped ops at 0 ms, fc over all "
