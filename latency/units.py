@@ -80,3 +80,29 @@ def format_ms(ms: float) -> str:
     if magnitude >= 10_000:
         return f"{ms / 1000:.4g}s"
     return f"{ms:.4g}ms"
+
+
+BUDGET_FORMS = "one latency (30ms: on device=) or a budget per device, e.g. [vpu:30ms,cpu:25ms]"
+
+
+def parse_budgets(value: object, device: str) -> dict[str, float]:
+    """Latency budgets by device name, in ms: ``"30ms"`` is a budget on ``device``; a list of ``"name:latency"``
+    (``["vpu:30ms", "cpu:25ms"]``, Hydra's ``latency=[vpu:30ms,cpu:25ms]``) is one budget per device, in
+    order, and must name ``device`` (the device searched for). ``ValueError`` names the bad entry."""
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        return {device: parse_latency_ms(value)}
+    budgets: dict[str, float] = {}
+    for entry in value:
+        name, sep, latency = str(entry).partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"latency entry {entry!r} is not device:latency: {BUDGET_FORMS}")
+        if name.strip() in budgets:
+            raise ValueError(f"latency names device {name.strip()!r} twice: {BUDGET_FORMS}")
+        budgets[name.strip()] = parse_latency_ms(latency)
+    if not budgets:
+        raise ValueError(f"latency=[] names no budget: {BUDGET_FORMS}")
+    if device not in budgets:
+        raise ValueError(f"latency={'[' + ','.join(map(str, value)) + ']'} has no budget on device={device}, the "
+                         f"device searched for; valid: add {device}:<latency>, or pass device= one of "
+                         f"{', '.join(budgets)}")
+    return budgets

@@ -446,11 +446,14 @@ def _accelerator_rules(cfg: DictConfig) -> None:
 
 def _search_rules(cfg: DictConfig) -> None:
     from latency.profiles import profile_from_dict
-    from latency.units import parse_latency_ms
+    from latency.units import parse_budgets
     try:
-        parse_latency_ms(cfg.latency)
+        budgets = parse_budgets(cfg.latency, cfg.device.name)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    unknown = [name for name in budgets if name != cfg.device.name and name not in device_names()]
+    if unknown:
+        raise ConfigError(f"latency: unknown device {unknown[0]!r}; valid: {', '.join(device_names())}")
     try:  # a user's own profile (hydra.searchpath) is checked here, not after the search trained
         profile_from_dict(OmegaConf.to_container(cfg.device, resolve=True))
     except ValueError as e:
@@ -697,15 +700,24 @@ def path_safe(name: str) -> str:
     return ",".join(p.translate(_PATH_UNSAFE) for p in out)
 
 
+def latency_name(value: Any) -> str:
+    """``latency=`` in a folder name: ``30ms`` as it is, budgets on several devices as ``vpu30ms-cpu25ms``."""
+    if isinstance(value, str):
+        return value.translate(_PATH_UNSAFE)
+    return "-".join(str(v).replace(":", "") for v in value).translate(_PATH_UNSAFE)
+
+
 class CheckConfig(Callback):
     """Hydra callback (``hydra.callbacks.check_config``): check the composed config before the run folder
     is created; on a bad value print ``error: ...`` and exit with :data:`USAGE_EXIT`."""
 
     def __init__(self, entry: str) -> None:
         self.entry = entry
-        # Hydra makes this callback before any run or sweep folder: the configs' sweep subdir can use it
+        # Hydra makes this callback before any run or sweep folder: the configs' folder names can use them
         if not OmegaConf.has_resolver("path_safe"):
             OmegaConf.register_new_resolver("path_safe", path_safe)
+        if not OmegaConf.has_resolver("latency_name"):
+            OmegaConf.register_new_resolver("latency_name", latency_name)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:

@@ -35,7 +35,7 @@ from nas.trainer import param_groups
 from search_spaces.arch import Arch, build_net
 from search_spaces.naswot import naswot_scores
 from search_spaces.sampling import EmptyBand, sample_in_band
-from supernet.derive import derive
+from supernet.derive import InfeasibleTarget, derive
 from supernet.supernet import Supernet
 
 if TYPE_CHECKING:
@@ -74,8 +74,26 @@ def draw_in_band(cfg: DictConfig, setup: Setup, model: Supernet, n: int,
     with the random baseline's distribution (:mod:`search_spaces.sampling`; ``layer_probs`` mixes in a
     learned one); deterministic in the seed. At most 2M draws: ~1 s for a rare band."""
     lo, hi = band_ms(cfg, setup)
+    also = [(setup.tables[name].layer_ms(), setup.tables[name].fixed_ms, budget_ms)
+            for name, budget_ms in setup.all_budgets().items() if name != setup.device]
     return sample_in_band([m.names for m in model.mixed_ops()], setup.table.layer_ms(), setup.table.fixed_ms, lo,
-                          hi, n, seed=cfg.seed, layer_probs=layer_probs, max_draws=2_000_000, at_least=1)
+                          hi, n, seed=cfg.seed, layer_probs=layer_probs, max_draws=2_000_000, at_least=1, also=also)
+
+
+def band_text(cfg: DictConfig, setup: Setup) -> str:
+    """The band in words: ``[27.000, 30.000] ms`` on one budget, each budget and the binding use on several."""
+    lo, t = band_ms(cfg, setup)
+    if len(setup.all_budgets()) == 1:
+        return f"[{lo:.3f}, {t:.3f}] ms"
+    budgets = ", ".join(f"{name} <= {ms:.3f} ms" for name, ms in setup.all_budgets().items())
+    return f"the joint band ({budgets}; the binding one used >= {cfg.derive.min_fraction:g})"
+
+
+def budget_use(setup: Setup, choices: list[str] | tuple[str, ...]) -> dict[str, float]:
+    """Each budget's table latency over the budget for ``choices``: all <= 1 meets every budget; the largest is
+    the binding budget's use (the band asks it to be >= ``derive.min_fraction``)."""
+    return {name: setup.tables[name].arch_ms(setup.space.arch(choices)) / budget_ms
+            for name, budget_ms in setup.all_budgets().items()}
 
 
 # -- the methods, in the order of nas.config.DERIVE_METHODS ------------------------------------------
@@ -127,17 +145,15 @@ def naswot(cfg: DictConfig, setup: Setup, st: State) -> Derived:
     scores = naswot_scores(tqdm(archs, desc="NASWOT scores", leave=False), images, seed=cfg.seed)
     scored = [dict(_candidate(c, st.model, setup), naswot=s, images=n) for c, s in zip(candidates, scores)]
     best = max(scored, key=lambda r: (r["naswot"], r["log_prob"]))
-    lo, t = band_ms(cfg, setup)
     return best["choices"], (f"naswot: best training-free NASWOT score of {len(scored)} candidates in "
-                             f"[{lo:.3f}, {t:.3f}] ms, networks at initialisation on {n} images"), scored
+                             f"{band_text(cfg, setup)}, networks at initialisation on {n} images"), scored
 
 
 @method("budgeted")
 def budgeted(cfg: DictConfig, setup: Setup, st: State) -> Derived:
     """The most likely architecture in the band under the learned distribution (exact dynamic programme)."""
     likely = _most_likely(cfg, setup, st)
-    lo, t = band_ms(cfg, setup)
-    how = "argmax" if tuple(likely) == st.model.export().choices else f"most likely in [{lo:.3f}, {t:.3f}] ms"
+    how = "argmax" if tuple(likely) == st.model.export().choices else f"most likely in {band_text(cfg, setup)}"
     return likely, how, []
 
 
@@ -152,11 +168,26 @@ def _log_probs(model: Supernet) -> list[list[float]]:
     return [torch.log_softmax(a.detach(), 0).tolist() for a in model.arch_parameters()]
 
 
+MULTI_BUDGET_DRAWS = 1024  # budgets on several devices: the most likely of this many draws meeting them all
+
+
 def _most_likely(cfg: DictConfig, setup: Setup, st: State) -> list[str]:
-    """The most likely architecture in :func:`band_ms` (:func:`supernet.derive.derive`)."""
+    """The most likely architecture in :func:`band_ms`: exact on one budget (:func:`supernet.derive.derive`); on
+    several, the most likely of :data:`MULTI_BUDGET_DRAWS` drawn in the joint band (learned distribution mixed
+    with the random baseline's), or :class:`InfeasibleTarget` when no draw meets every budget."""
     lo, t = band_ms(cfg, setup)
-    picks = derive(_log_probs(st.model), setup.table.layer_ms(), setup.table.fixed_ms, t, min_ms=lo)
-    return [m.names[i] for m, i in zip(st.model.mixed_ops(), picks)]
+    if len(setup.all_budgets()) == 1:
+        picks = derive(_log_probs(st.model), setup.table.layer_ms(), setup.table.fixed_ms, t, min_ms=lo)
+        return [m.names[i] for m, i in zip(st.model.mixed_ops(), picks)]
+    try:
+        drawn = draw_in_band(cfg, setup, st.model, MULTI_BUDGET_DRAWS,
+                             layer_probs=[m.probs().tolist() for m in st.model.mixed_ops()])
+    except EmptyBand as e:
+        budgets = ", ".join(f"{name} {ms:.3f} ms" for name, ms in setup.all_budgets().items())
+        raise InfeasibleTarget(f"no architecture of the space meets every budget ({budgets}) and uses "
+                               f"{cfg.derive.min_fraction:g} of the binding one: {e}") from None
+    log_probs, names = _log_probs(st.model), [m.names for m in st.model.mixed_ops()]
+    return list(max(drawn, key=lambda c: sum(lp[n.index(x)] for lp, n, x in zip(log_probs, names, c))))
 
 
 def _candidates(cfg: DictConfig, setup: Setup, st: State) -> list[tuple[str, ...]]:
@@ -178,8 +209,7 @@ def _first_round(cfg: DictConfig, setup: Setup, st: State) -> tuple[list[dict], 
     candidates = _candidates(cfg, setup, st)
     first = torch.utils.data.Subset(setup.val_part, range(min(int(cfg.derive.eval_images), len(setup.val_part))))
     scored = _score(st.model, candidates, first, setup, "scoring candidates")
-    lo, t = band_ms(cfg, setup)
-    return scored, first, f"{len(scored)} candidates in [{lo:.3f}, {t:.3f}] ms"
+    return scored, first, f"{len(scored)} candidates in {band_text(cfg, setup)}"
 
 
 def _finalist_scores(cfg: DictConfig, setup: Setup, top: list[dict]) -> list[float]:

@@ -153,7 +153,7 @@ def front(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, devices: list
     rows = []
     for device in devices:
         for target in tqdm(ladder_ms(setup.tables[device], n, int(cfg.seed)), desc=f"front on {device}", leave=False):
-            at = replace(setup, device=device, target_ms=target)
+            at = replace(setup, device=device, target_ms=target, budgets={})  # one budget per point
             choices, how, _ = derive_choices(cfg, at, st)
             ms = at.table.arch_ms(at.space.arch(choices))
             st.model.pin(choices)

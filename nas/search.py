@@ -63,7 +63,7 @@ from tqdm import tqdm
 
 from latency.lut import LatencyTable, deployment_space, get_table, measured_whole, whole_note
 from latency.profiles import load_profile, profile_from_dict
-from latency.units import parse_latency_ms
+from latency.units import parse_budgets
 from nas import accelerator, tb
 from nas.accelerator import Accelerator
 from nas.checkpoint import (
@@ -78,7 +78,7 @@ from nas.checkpoint import (
 from nas.cli import hydra_run_dir, override_arg, run_cli
 from nas.config import check_config
 from nas.data import get_dataset, make_loader, to_device, train_val_split
-from nas.derivations import band_ms, derive_choices, draw_in_band
+from nas.derivations import band_ms, budget_use, derive_choices, draw_in_band
 from nas.loops import (
     DistInfo,
     TrainingDiverged,
@@ -124,6 +124,11 @@ class Setup:
     train_part: object
     val_part: object
     accel: Accelerator  # where the supernet trains (in-memory data already copied there)
+    budgets: dict[str, float] = field(default_factory=dict)  # ms by device, the searched one first; {} = its alone
+
+    def all_budgets(self) -> dict[str, float]:
+        """Every latency budget an export must meet: the searched device's target and any others."""
+        return self.budgets or {self.device: self.target_ms}
 
     @property
     def table(self) -> LatencyTable:
@@ -195,24 +200,26 @@ def _search(cfg: DictConfig, run_dir: Path) -> dict:
 
 # -- the parts ------------------------------------------------------------------------------
 def prepare(cfg: DictConfig, dist_info: DistInfo, accel: Accelerator | None = None) -> Setup:
-    target_ms = parse_latency_ms(cfg.latency)
     pricing = str(cfg.get("pricing", "device"))  # a config saved before pricings existed: device
     profile = profile_from_dict({**OmegaConf.to_container(cfg.device, resolve=True), "pricing": pricing})
+    budgets = parse_budgets(cfg.latency, profile.name)
+    target_ms = budgets[profile.name]
     space = space_from_config(OmegaConf.to_container(cfg.search_space, resolve=True))
-    # Latency tables at the deployment shape: search device first, then the others for logging.
-    devices = [profile.name] + [d for d in cfg.log_devices if d != profile.name]
+    # Latency tables at the deployment shape: search device first, then other budgets' and those for logging.
+    devices = list(dict.fromkeys([profile.name, *budgets, *cfg.log_devices]))
     tables = rank0_builds(  # rank 0 builds (and caches) them; the others get its tables
         lambda: {name: get_table(space, profile if name == profile.name else load_profile(name, pricing=pricing))
                  for name in devices},
         lambda built: {name: t.to_json() for name, t in built.items()},
         lambda data: {name: LatencyTable.from_json(text) for name, text in data.items()}, dist_info)
-    lo, hi = tables[profile.name].range_ms()
-    if target_ms < lo:
-        raise InfeasibleTarget(f"latency target {target_ms:.3f} ms on {profile.name} is below the space's minimum "
-                               f"{lo:.3f} ms ({tables[profile.name].predictor}); the space spans {lo:.3f}-{hi:.3f} ms")
-    if target_ms > hi:
-        warnings.warn(f"latency target {target_ms:.3f} ms is above the space's maximum {hi:.3f} ms on "
-                      f"{profile.name}: the latency term will not constrain the search", stacklevel=1)
+    for name, budget_ms in budgets.items():
+        lo, hi = tables[name].range_ms()
+        if budget_ms < lo:
+            raise InfeasibleTarget(f"latency target {budget_ms:.3f} ms on {name} is below the space's minimum "
+                                   f"{lo:.3f} ms ({tables[name].predictor}); the space spans {lo:.3f}-{hi:.3f} ms")
+        if budget_ms > hi:
+            warnings.warn(f"latency target {budget_ms:.3f} ms is above the space's maximum {hi:.3f} ms on "
+                          f"{name}: it will not constrain the search", stacklevel=1)
     d = cfg.dataset
     train_set, info = get_dataset(d.name, "train", d.root, d.image_size, d.limit)
     train_part, val_part = train_val_split(train_set, cfg.train.val_fraction, cfg.seed)
@@ -226,7 +233,8 @@ def prepare(cfg: DictConfig, dist_info: DistInfo, accel: Accelerator | None = No
     train_part, val_part = to_device((train_part, val_part), accel.device)  # one copy, shared by both splits
     if dist_info.is_main:
         log.info("training the supernet on %s", accel.describe())
-    return Setup(target_ms, profile.name, space, train_space, tables, train_part, val_part, accel)
+    return Setup(target_ms, profile.name, space, train_space, tables, train_part, val_part, accel,
+                 budgets if len(budgets) > 1 else {})
 
 
 def build_state(cfg: DictConfig, setup: Setup) -> State:
@@ -471,7 +479,8 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
         latency[n] = {"ms": t.arch_ms(dep), "predictor": t.predictor, "provenance": t.provenance,
                       "error_note": t.error_note, "method": "sum of per-layer table entries",
                       **measured_whole(t, dep, profile)}
-    used = latency[device]["ms"] / target_ms
+    use = budget_use(setup, choices)  # latency / budget per budget; the binding one is the largest
+    used = max(use.values())
     model.pin(choices)
     val_top1 = evaluate(model, make_loader(shard(setup.val_part), 256, False, 0), setup.accel)["top1"]
     meta = {
@@ -482,8 +491,11 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
         "derivation": how,
         "argmax_choices": list(model.export().choices),
         "latency_ms": latency,
-        "meets_target": latency[device]["ms"] <= target_ms + 1e-9,
+        "meets_target": all(u <= 1 + 1e-9 for u in use.values()),
         "budget_used": round(used, 4),
+        "budgets": {name: {"target_ms": ms, "ms": latency[name]["ms"], "used": round(use[name], 4),
+                           "predictor": latency[name]["predictor"], "provenance": latency[name]["provenance"]}
+                    for name, ms in setup.all_budgets().items()},
         "deployment": {"input_shape": list(dep_arch.macro.input_shape), "num_classes": dep_arch.macro.num_classes,
                        "params": count_params(dep_net), "macs": count_macs(dep_net, (1, *dep_arch.macro.input_shape))},
         "train_params": count_params(build_net(arch)),
@@ -600,11 +612,14 @@ def _heatmap(model: Supernet, exported: list[str] | None = None):
 
 def search_summary_text(arch: Arch, run_dir: Path, target_ms: float, device: str) -> str:
     m = arch.metadata
-    lines = [f"== QuadraNAS search: {device} target {target_ms:.3f} ms ==",
+    budgets = m.get("budgets") or {device: {"target_ms": target_ms, "used": m["budget_used"]}}  # older files
+    lines = [f"== QuadraNAS search: {device} target {target_ms:.3f} ms"
+             + "".join(f", {n} {b['target_ms']:.3f} ms" for n, b in budgets.items() if n != device) + " ==",
              f"architecture ({m['derivation']}): " + " ".join(c.replace("quadra_", "") for c in arch.choices)]
     for name, lat in m["latency_ms"].items():
-        flag = (f" <= target ({100 * m['budget_used']:.0f}% of it)" if m["meets_target"] else " > TARGET") \
-            if name == device else ""
+        b = budgets.get(name)
+        flag = "" if b is None else (f" <= target ({100 * b['used']:.0f}% of it)" if b["used"] <= 1 + 1e-9
+                                     else " > TARGET")
         lines.append(f"  {name:5s} {lat['ms']:9.3f} ms{flag}{whole_note(lat)}  [{lat['predictor']}: "
                      f"{lat['provenance']}" + (f"; {lat['error_note']}" if lat["error_note"] else "") + "]")
     dep = m["deployment"]

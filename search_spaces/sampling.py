@@ -40,19 +40,25 @@ class EmptyBand(ValueError):
 def sample_in_band(candidates: Sequence[Sequence[str]], layer_ms: Sequence[Sequence[float]], fixed_ms: float,
                    lo_ms: float, hi_ms: float, n: int, seed: int = 0, batch: int = 200_000,
                    max_draws: int = 20_000_000, layer_probs: Sequence[Sequence[float]] | None = None,
-                   mix: float = 0.5, at_least: int | None = None) -> list[tuple[str, ...]]:
+                   mix: float = 0.5, at_least: int | None = None,
+                   also: Sequence[tuple[Sequence[Sequence[float]], float, float]] = ()) -> list[tuple[str, ...]]:
     """``n`` distinct architectures (choice names per layer) whose latency lies in ``[lo_ms, hi_ms]``.
 
-    Deterministic in ``seed``. Raises :class:`EmptyBand` naming the space's range when the band
-    is empty or too rare to fill within ``max_draws`` draws; with ``at_least``, fewer than ``n``
-    (but at least that many) are returned instead, for bands with few members.
+    ``also``: budgets on other devices, each ``(layer_ms, fixed_ms, budget_ms)`` of its table. Then an
+    architecture must meet every budget (``hi_ms`` and each ``budget_ms``) and use the binding one: its largest
+    latency / budget ratio is at least ``lo_ms / hi_ms``. Deterministic in ``seed``. Raises :class:`EmptyBand`
+    naming the space's range when the band is empty or too rare to fill within ``max_draws`` draws; with
+    ``at_least``, fewer than ``n`` (but at least that many) are returned instead, for bands with few members.
     """
     if not 0 <= lo_ms <= hi_ms:
         raise ValueError(f"latency band [{lo_ms}, {hi_ms}] ms is not a band; need 0 <= lo <= hi")
     if n < 1:
         raise ValueError(f"n={n}: need at least one architecture")
     ms = [np.asarray(r, dtype=np.float64) for r in layer_ms]
-    if len(ms) != len(candidates) or any(len(r) != len(c) for r, c in zip(ms, candidates)):
+    others = [([np.asarray(r, dtype=np.float64) for r in rows], float(fixed), float(budget))
+              for rows, fixed, budget in also]
+    if any(len(rows) != len(candidates) or any(len(r) != len(c) for r, c in zip(rows, candidates))
+           for rows in [ms, *(o[0] for o in others)]):
         raise ValueError("layer_ms must have one entry per candidate of every layer")
     lo_space = fixed_ms + sum(float(r.min()) for r in ms)
     hi_space = fixed_ms + sum(float(r.max()) for r in ms)
@@ -82,7 +88,14 @@ def sample_in_band(candidates: Sequence[Sequence[str]], layer_ms: Sequence[Seque
                 choice = np.where(use_p, learned, choice)
             picks[:, layer] = choice
             lat += row[choice]
-        for row in picks[(lat >= lo_ms) & (lat <= hi_ms)]:
+        keep = (lat >= lo_ms) & (lat <= hi_ms)
+        if others:  # every budget met, the binding one used: the largest latency / budget ratio >= lo / hi
+            used, keep = lat / hi_ms, lat <= hi_ms
+            for rows, fixed, budget in others:
+                other = fixed + sum(r[picks[:, layer]] for layer, r in enumerate(rows))
+                used, keep = np.maximum(used, other / budget), keep & (other <= budget)
+            keep &= used >= lo_ms / hi_ms
+        for row in picks[keep]:
             found.setdefault(tuple(int(i) for i in row))
             if len(found) == n:
                 break

@@ -66,3 +66,15 @@ def test_format_examples():
     assert format_ms(30) == "30ms"
     assert format_ms(0.3) == "300us"
     assert format_ms(12_000) == "12s"
+
+
+def test_budgets_on_several_devices():
+    from latency.units import parse_budgets
+    assert parse_budgets("30ms", "vpu") == {"vpu": 30.0}
+    assert parse_budgets(["vpu:30ms", "cpu: 0.025s"], "vpu") == {"vpu": 30.0, "cpu": 25.0}
+    for bad, fragment in [(["vpu30ms"], "is not device:latency"),
+                          (["vpu:30ms", "vpu:20ms"], "names device 'vpu' twice"),
+                          (["cpu:25ms"], "no budget on device=vpu"), (["vpu:30"], "has no unit"),
+                          ([], "names no budget")]:
+        with pytest.raises(ValueError, match=fragment):
+            parse_budgets(bad, "vpu")

@@ -128,3 +128,17 @@ def test_a_ladder_spans_the_middle_of_uniform_draws():
     ladder = ladder_ms(table, 6, seed=0)
     assert len(ladder) == 6 and ladder == sorted(ladder) and lo < ladder[0] < ladder[-1] < hi
     assert ladder == ladder_ms(table, 6, seed=0)
+
+
+@pytest.mark.parametrize("method", ["select", "budgeted"])
+def test_budgets_on_two_devices_are_both_met_and_the_binding_one_used(searched, tmp_path, method):
+    cpu = _cpu_target(searched)
+    meta = derive_from_supernet(_compose("derive", f"supernet={searched}", *QUIET, "device=vpu",
+                                         f"latency=[vpu:30ms,cpu:{cpu}ms]", "log_devices=[gpu]",
+                                         f"derive.method={method}", "derive.candidates=8"), tmp_path)
+    budgets = meta["budgets"]
+    assert list(budgets) == ["vpu", "cpu"] and budgets["cpu"]["target_ms"] == cpu
+    assert all(b["ms"] <= b["target_ms"] + 1e-9 and b["ms"] == meta["latency_ms"][n]["ms"] for n, b in budgets.items())
+    assert meta["meets_target"] and max(b["used"] for b in budgets.values()) == meta["budget_used"] >= 0.9
+    assert "the joint band (vpu <= 30.000 ms, cpu <=" in meta["derivation"]
+    assert set(meta["latency_ms"]) == {"vpu", "cpu", "gpu"}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from nas.config import ConfigError
 from nas.loops import DistInfo, TrainingDiverged
@@ -197,6 +198,25 @@ def test_a_measured_tables_sum_is_exported_and_logged_with_its_whole_network(tmp
     assert host["provenance"] == "measured" and host["whole_net_ms"] > 0 and "whole_net_ms" not in vpu
     assert host["table_error_pct"] == pytest.approx(100 * (host["ms"] - host["whole_net_ms"]) / host["whole_net_ms"])
     assert f"(whole network {host['whole_net_ms']:.3f} ms; table {host['table_error_pct']:+.1f}%)" in caplog.text
+
+
+def test_a_search_under_budgets_on_two_devices_exports_a_network_meeting_both(tmp_path, caplog):
+    from latency.lut import get_table
+    from latency.profiles import load_profile
+    from search_spaces.spaces import space_from_config
+    cfg = _cfg(*ONE, "device=vpu", "latency=30ms")
+    lo, hi = get_table(space_from_config(OmegaConf.to_container(cfg.search_space)), load_profile("gpu"),
+                       progress=False).range_ms()
+    gpu = round(lo + 0.3 * (hi - lo), 2)  # tighter than vpu 30 ms for most of the band
+    with caplog.at_level("INFO", logger="nas.search"):
+        meta = search(_cfg(*ONE, "device=vpu", f"latency=[vpu:30ms,gpu:{gpu}ms]"), tmp_path)
+    assert meta["meets_target"] and set(meta["budgets"]) == {"vpu", "gpu"} and meta["budget_used"] >= 0.9
+    assert meta["latency_ms"]["gpu"]["ms"] <= gpu and meta["latency_ms"]["vpu"]["ms"] <= 30.0
+    assert f"vpu target 30.000 ms, gpu {gpu:.3f} ms ==" in caplog.text
+    with pytest.raises(ConfigError, match="has no budget on device=vpu"):
+        search(_cfg(*ONE, "device=vpu", "latency=[gpu:1ms]"), tmp_path / "b")
+    with pytest.raises(ConfigError, match="latency: unknown device 'tpu'"):
+        search(_cfg(*ONE, "device=vpu", "latency=[vpu:30ms,tpu:1ms]"), tmp_path / "c")
 
 
 def test_a_finished_search_is_not_rewritten_and_threads_may_change(tmp_path):

@@ -70,3 +70,22 @@ def test_a_band_with_few_members_gives_what_it_has_when_asked():
     assert sorted(got) == [("a", "identity"), ("identity", "a")]
     with pytest.raises(EmptyBand):
         sample_in_band(cands, lut, 1.0, 5.5, 7.5, 5, max_draws=50_000)
+
+
+def test_budgets_on_several_devices_are_all_met_and_the_binding_one_used():
+    space, lut = _space_and_lut()
+    rng = np.random.default_rng(1)
+    # a second device where the 7x7 kernels are dear: its budget binds for some draws, the first's for others
+    other = [np.where(np.array(c) == "identity", 0.0, rng.uniform(2.0, 12.0, len(c))) for c in space.all_candidates()]
+    draws = sample_in_band(space.all_candidates(), lut, 2.0, 27.0, 30.0, 64, seed=2, also=[(other, 1.0, 28.0)])
+    assert len(set(draws)) == 64
+    binding = set()
+    for choices in draws:
+        first, second = _ms(space, lut, 2.0, choices) / 30.0, _ms(space, other, 1.0, choices) / 28.0
+        assert first <= 1.0 and second <= 1.0 and max(first, second) >= 0.9
+        binding.add(first > second)
+    assert binding == {True, False}  # both budgets bind somewhere: the band is the joint one, not the first's
+    assert sample_in_band(space.all_candidates(), lut, 2.0, 27.0, 30.0, 5, seed=3, also=[]) == \
+        sample_in_band(space.all_candidates(), lut, 2.0, 27.0, 30.0, 5, seed=3)
+    with pytest.raises(EmptyBand):  # a budget no architecture meets
+        sample_in_band(space.all_candidates(), lut, 2.0, 27.0, 30.0, 5, also=[(other, 1.0, 0.5)], max_draws=400_000)
