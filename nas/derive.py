@@ -107,11 +107,6 @@ def _derive(cfg: DictConfig, run_dir: Path, given: list[str]) -> dict:
                                    arch.metadata["search"]["device"]))
         return arch.metadata
     if cfg.front.devices:
-        if (run_dir / FRONT_CSV).exists():
-            rows = pd.read_csv(run_dir / FRONT_CSV)
-            log.info("%s already holds a finished front; nothing rewritten\n%s", run_dir,
-                     rows.to_string(index=False))
-            return {"front": rows.to_dict("records")}
         scfg.log_devices = list(dict.fromkeys([*cfg.front.devices, *scfg.log_devices]))  # a table per device
     setup = prepare(scfg, dist_info, accel)
     st = build_state(scfg, setup)
@@ -148,22 +143,31 @@ def ladder_ms(table: LatencyTable, n: int, seed: int) -> list[float]:
 def front(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, devices: list[str], n: int,
           provenance: dict) -> dict:
     """Derive at ``n`` targets per device (:func:`ladder_ms`) with ``derive.*``; each point's table latency,
-    budget used and held-out top-1 with the supernet's weights. Writes ``front.csv`` and ``front.png``."""
+    budget used and held-out top-1 with the supernet's weights. ``front.csv`` is written after every point and a
+    rerun derives only the points it lacks (a killed front resumes); ``front.png`` once all are there. A finished
+    front is reported and nothing is rewritten."""
+    csv = run_dir / FRONT_CSV
+    rows = pd.read_csv(csv).to_dict("records") if csv.exists() else []
+    have = {(r["device"], round(float(r["target_ms"]), 2)) for r in rows}
+    todo = [(device, target) for device in devices for target in ladder_ms(setup.tables[device], n, int(cfg.seed))
+            if (device, target) not in have]
+    if not todo:
+        log.info("%s already holds a finished front; nothing rewritten\n%s", run_dir,
+                 pd.DataFrame(rows).to_string(index=False))
+        return {"front": rows, **provenance}
     val = make_loader(shard(setup.val_part), 256, False, 0)
-    rows = []
-    for device in devices:
-        for target in tqdm(ladder_ms(setup.tables[device], n, int(cfg.seed)), desc=f"front on {device}", leave=False):
-            at = replace(setup, device=device, target_ms=target, budgets={})  # one budget per point
-            choices, how, _ = derive_choices(cfg, at, st)
-            ms = at.table.arch_ms(at.space.arch(choices))
-            st.model.pin(choices)
-            rows.append({"device": device, "target_ms": target, "latency_ms": round(ms, 4),
-                         "budget_used": round(ms / target, 4), "val_top1_supernet": evaluate(st.model, val,
-                                                                                            setup.accel)["top1"],
-                         "predictor": at.table.predictor, "provenance": at.table.provenance, "derivation": how,
-                         "choices": " ".join(choices)})
+    for device, target in tqdm(todo, desc=f"front ({len(rows)} of {len(rows) + len(todo)} points done)"):
+        at = replace(setup, device=device, target_ms=target, budgets={})  # one budget per point
+        choices, how, _ = derive_choices(cfg, at, st)
+        ms = at.table.arch_ms(at.space.arch(choices))
+        st.model.pin(choices)
+        rows.append({"device": device, "target_ms": target, "latency_ms": round(ms, 4),
+                     "budget_used": round(ms / target, 4), "val_top1_supernet": evaluate(st.model, val,
+                                                                                        setup.accel)["top1"],
+                     "predictor": at.table.predictor, "provenance": at.table.provenance, "derivation": how,
+                     "choices": " ".join(choices)})
+        atomic_write_text(csv, pd.DataFrame(rows).to_csv(index=False))
     table = pd.DataFrame(rows)
-    atomic_write_text(run_dir / FRONT_CSV, table.to_csv(index=False))
     atomic_save_figure(front_plot(table, provenance["supernet"]["run_dir"]), run_dir / FRONT_PNG)
     log.info("front of %d points on %s\n%s\noutputs in %s: %s %s", len(table), ", ".join(devices),
              table.drop(columns=["choices", "derivation", "predictor", "provenance"]).to_string(index=False),

@@ -119,6 +119,12 @@ def test_a_front_on_two_devices_from_one_supernet(searched, tmp_path):
     again = derive_from_supernet(_compose("derive", f"supernet={searched}", *QUIET, "front.devices=[vpu,cpu]",
                                           "front.targets=3", "derive.candidates=4", "log_devices=[vpu]"), tmp_path)
     assert pd.DataFrame(again["front"]).equals(table)  # a finished front is reported, not derived again
+    table.head(4).to_csv(tmp_path / FRONT_CSV, index=False)  # killed after 4 of its 6 points
+    (tmp_path / FRONT_PNG).unlink()
+    resumed = derive_from_supernet(_compose("derive", f"supernet={searched}", *QUIET, "front.devices=[vpu,cpu]",
+                                            "front.targets=3", "derive.candidates=4", "log_devices=[vpu]"), tmp_path)
+    assert len(resumed["front"]) == 6 and (tmp_path / FRONT_PNG).is_file()
+    assert pd.read_csv(tmp_path / FRONT_CSV).equals(table)  # the 2 missing points derived again, the same
 
 
 def test_a_ladder_spans_the_middle_of_uniform_draws():
