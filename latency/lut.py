@@ -175,9 +175,14 @@ def price_isolated(plan: TablePlan, predictor: Predictor, progress: bool, desc: 
                    ) -> tuple[list[float], dict[str, float], str]:
     """Every entry of ``plan`` priced on its own: cell and fixed-part latencies and the table's note."""
     latencies, note = price_entries(predictor, list(plan.entries.values()), progress, desc)
-    priced = dict(zip(plan.entries, latencies, strict=True))
-    cell_ms = [0.0 if key is None else priced[key].ms for _, _, key in plan.cells]
-    return cell_ms, {name: priced[("fixed", name)].ms for name in plan.fixed_parts}, note
+    return (*entries_to_cells(plan, [lat.ms for lat in latencies]), note)
+
+
+def entries_to_cells(plan: TablePlan, entry_ms: list[float]) -> tuple[list[float], dict[str, float]]:
+    """Cell and fixed-part latencies from one latency per entry of ``plan`` (in its order); skip ops 0 ms."""
+    priced = dict(zip(plan.entries, entry_ms, strict=True))
+    cell_ms = [0.0 if key is None else priced[key] for _, _, key in plan.cells]
+    return cell_ms, {name: priced[("fixed", name)] for name in plan.fixed_parts}
 
 
 GLUE = "glue"  # the fixed part a table timed in context adds: the whole network minus its timed parts
@@ -312,10 +317,8 @@ def table_vs_whole(space: SearchSpace, profile: DeviceProfile, predictor: Measur
                   disable=not progress, leave=False) as bar:
             samples = predictor.measure_passes(entries, on_entry=bar.update)
         k = len(plan.entries)
-        priced_entries = dict(zip(plan.entries, samples[:k], strict=True))
-        cell_ms = [0.0 if key is None else priced_entries[key].median_ms for _, _, key in plan.cells]
-        fixed_ms = {name: priced_entries[("fixed", name)].median_ms for name in plan.fixed_parts}
-        priced = (cell_ms, fixed_ms, table_spread_note(samples[:k], (), available_cpus()))
+        priced = (*entries_to_cells(plan, [e.median_ms for e in samples[:k]]),
+                  table_spread_note(samples[:k], (), available_cpus()))
         wholes = samples[k:]
     table = assemble_table(space, profile, predictor, plan, *priced)
     rows = []
