@@ -12,7 +12,7 @@ The band an export must land in is ``[derive.min_fraction * T, T]`` on the setup
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -143,7 +143,8 @@ def naswot(cfg: DictConfig, setup: Setup, st: State) -> Derived:
     images = torch.stack([setup.val_part[i][0] for i in range(n)]).cpu()  # standalone nets, scored on the CPU
     archs = [setup.train_space.arch(c) for c in candidates]
     scores = naswot_scores(tqdm(archs, desc="NASWOT scores", leave=False), images, seed=cfg.seed)
-    scored = [dict(_candidate(c, st.model, setup), naswot=s, images=n) for c, s in zip(candidates, scores)]
+    log_prob = _log_prob_of(st.model)
+    scored = [dict(_candidate(c, log_prob, setup), naswot=s, images=n) for c, s in zip(candidates, scores)]
     best = max(scored, key=lambda r: (r["naswot"], r["log_prob"]))
     return best["choices"], (f"naswot: best training-free NASWOT score of {len(scored)} candidates in "
                              f"{band_text(cfg, setup)}, networks at initialisation on {n} images"), scored
@@ -186,8 +187,7 @@ def _most_likely(cfg: DictConfig, setup: Setup, st: State) -> list[str]:
         budgets = ", ".join(f"{name} {ms:.3f} ms" for name, ms in setup.all_budgets().items())
         raise InfeasibleTarget(f"no architecture of the space meets every budget ({budgets}) and uses "
                                f"{cfg.derive.min_fraction:g} of the binding one: {e}") from None
-    log_probs, names = _log_probs(st.model), [m.names for m in st.model.mixed_ops()]
-    return list(max(drawn, key=lambda c: sum(lp[n.index(x)] for lp, n, x in zip(log_probs, names, c))))
+    return list(max(drawn, key=_log_prob_of(st.model)))
 
 
 def _candidates(cfg: DictConfig, setup: Setup, st: State) -> list[tuple[str, ...]]:
@@ -266,17 +266,21 @@ def train_standalone(cfg: DictConfig, setup: Setup, arch: Arch, alone: bool = Fa
 def _score(model: Supernet, candidates: list[tuple[str, ...]], images, setup: Setup, desc: str) -> list[dict]:
     """Each candidate pinned in the supernet and evaluated on ``images`` with the inherited weights."""
     loader = make_loader(shard(images), 256, False, 0)  # each rank scores its share
-    scored = []
+    scored, log_prob = [], _log_prob_of(model)
     for choices in tqdm(candidates, desc=desc, leave=False):
         model.pin(choices)
-        scored.append(dict(_candidate(choices, model, setup),
+        scored.append(dict(_candidate(choices, log_prob, setup),
                            val_top1=evaluate(model, loader, setup.accel)["top1"], images=len(images)))
     return scored
 
 
-def _candidate(choices: tuple[str, ...], model: Supernet, setup: Setup) -> dict:
+def _candidate(choices: tuple[str, ...], log_prob: Callable[[Sequence[str]], float], setup: Setup) -> dict:
     """A candidate's choices, log-probability under the learned distribution and table latency."""
-    names = [m.names for m in model.mixed_ops()]
-    return {"choices": list(choices),
-            "log_prob": sum(lpr[n.index(c)] for lpr, n, c in zip(_log_probs(model), names, choices)),
+    return {"choices": list(choices), "log_prob": log_prob(choices),
             "ms": setup.table.arch_ms(setup.space.arch(choices))}
+
+
+def _log_prob_of(model: Supernet) -> Callable[[Sequence[str]], float]:
+    """The learned distribution's log-probability of an architecture (its choices), read from ``model`` once."""
+    log_probs, names = _log_probs(model), [m.names for m in model.mixed_ops()]
+    return lambda choices: sum(lp[n.index(c)] for lp, n, c in zip(log_probs, names, choices))
