@@ -279,6 +279,7 @@ class DeriveConfig:
     eval_images: int = opt(AT_LEAST_1)
     finalists: int = opt(Range(0, MAX_CANDIDATES), default=DEFAULT_FINALISTS)
     train_epochs: float = opt(POSITIVE, default=DEFAULT_TRAIN_EPOCHS)
+    jobs: Any = opt(default="auto", describe="auto or an integer >= 1")
     without_search: bool = opt()
 
 
@@ -461,9 +462,13 @@ def _search_rules(cfg: DictConfig) -> None:
     if cfg.train.epochs < 1 and not cfg.derive.without_search:
         raise ConfigError(f"train.epochs={cfg.train.epochs} is invalid for a search; valid: an integer >= 1 (search "
                           "epochs after the warm-up), or derive.without_search=true to export without searching")
-    if cfg.derive.method == "train" and cfg.derive.finalists < 1:
-        raise ConfigError(f"derive.finalists={cfg.derive.finalists} is invalid for derive.method=train; valid: an "
+    finalists = cfg.derive.get("finalists", DEFAULT_FINALISTS)
+    if cfg.derive.method == "train" and finalists < 1:
+        raise ConfigError(f"derive.finalists={finalists} is invalid for derive.method=train; valid: an "
                           "integer >= 1 (the candidates trained standalone)")
+    jobs = cfg.derive.get("jobs", "auto")
+    if jobs != "auto" and not (isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1):
+        raise ConfigError(f"derive.jobs={jobs} is invalid; valid: auto or an integer >= 1")
 
 
 def _derive_rules(cfg: DictConfig) -> None:

@@ -12,7 +12,10 @@ The band an export must land in is ``[derive.min_fraction * T, T]`` on the setup
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,10 +31,9 @@ from nas.loops import (
     evaluate,
     rank_and_world,
     seed_everything,
-    set_lr,
     shard,
 )
-from nas.trainer import param_groups
+from nas.trainer import make_optimizer, train_step
 from search_spaces.arch import Arch, build_net
 from search_spaces.naswot import naswot_scores
 from search_spaces.sampling import EmptyBand, sample_in_band
@@ -214,11 +216,16 @@ def _first_round(cfg: DictConfig, setup: Setup, st: State) -> tuple[list[dict], 
 
 def _finalist_scores(cfg: DictConfig, setup: Setup, top: list[dict]) -> list[float]:
     """Each finalist's :func:`train_standalone` top-1. Under DDP rank r trains finalists r, r + world, ... alone
-    and the scores are gathered, so extra GPUs divide the work (each finalist's result does not depend on
-    which rank trained it: the same seed, the same batches)."""
+    and the scores are gathered, so extra GPUs divide the work; on the CPU :func:`finalist_jobs` processes train
+    them side by side. A finalist's result does not depend on which rank or process trained it: the same seed,
+    the same batches."""
     rank, world = rank_and_world()
-    mine = {i: train_standalone(cfg, setup, setup.train_space.arch(r["choices"]), alone=world > 1)
-            for i, r in enumerate(tqdm(top, desc="training finalists", leave=False)) if i % world == rank}
+    archs = [setup.train_space.arch(r["choices"]) for r in top]
+    jobs = finalist_jobs(cfg, setup, len(top)) if world == 1 else 1
+    if jobs > 1:
+        return _side_by_side(cfg, setup, archs, jobs)
+    mine = {i: train_standalone(cfg, setup, arch, alone=world > 1)
+            for i, arch in enumerate(tqdm(archs, desc="training finalists", leave=False)) if i % world == rank}
     if world > 1:
         import torch.distributed as dist
         gathered: list[dict[int, float] | None] = [None] * world
@@ -227,37 +234,68 @@ def _finalist_scores(cfg: DictConfig, setup: Setup, top: list[dict]) -> list[flo
     return [mine[i] for i in range(len(top))]
 
 
+def finalist_jobs(cfg: DictConfig, setup: Setup, finalists: int) -> int:
+    """Processes that train the finalists side by side outside torchrun (``derive.jobs``): ``auto`` is one
+    1-thread process per core the run may use (``threads``, else every core this process may run on) on the
+    CPU, 1 on CUDA; never more than the finalists."""
+    jobs = cfg.derive.get("jobs", "auto")
+    if jobs == "auto":
+        jobs = 1 if setup.accel.is_cuda else int(cfg.threads) if cfg.threads else len(os.sched_getaffinity(0))
+    return max(1, min(int(jobs), finalists))
+
+
+_FORKED: tuple = ()  # (cfg, setup, archs) for the forked finalist processes, set only around the pool
+
+
+def _train_forked(i: int) -> float:
+    torch.set_num_threads(1)
+    cfg, setup, archs = _FORKED
+    return train_standalone(cfg, setup, archs[i])
+
+
+def _side_by_side(cfg: DictConfig, setup: Setup, archs: list[Arch], jobs: int) -> list[float]:
+    """:func:`train_standalone` of each architecture in ``jobs`` forked 1-thread processes (they inherit the
+    data and the tables: nothing is pickled but the index and the score)."""
+    global _FORKED
+    _FORKED = (cfg, setup, archs)
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(tqdm(pool.map(_train_forked, range(len(archs))), total=len(archs),
+                             desc=f"training finalists ({jobs} processes)", leave=False))
+    finally:
+        _FORKED = ()
+
+
 def train_standalone(cfg: DictConfig, setup: Setup, arch: Arch, alone: bool = False) -> float:
     """Held-out top-1 of ``arch`` trained from scratch for ``derive.train_epochs`` epochs of the search's
-    training split: AdamW with the search's lr, weight decay, label smoothing and clipping, linear warm-up over
-    the first half of the steps and cosine to 0 over the second (the retrain recipe's shape, shortened).
-    ``alone``: this process trains it by itself under DDP (scored on the whole split, nothing all-reduced)."""
+    training split with the retrain's step (:func:`nas.trainer.train_step`: AdamW with the search's lr, weight
+    decay, label smoothing and clipping), linear warm-up over the first half of the steps and cosine to 0 over
+    the second (the retrain recipe's shape, shortened). A loss that became non-finite scores 0; it is read once,
+    at the end. ``alone``: this process trains it by itself under DDP (scored on the whole split, nothing
+    all-reduced)."""
     tc, shared = cfg.train, setup.accel
     # its own loss scaler at precision=16: each finalist starts from the initial scale, not the last one's
     accel = Accelerator(shared.device, shared.precision, shared.channels_last)
     seed_everything(cfg.seed)
     net = accel.module(build_net(arch))
-    opt = torch.optim.AdamW(param_groups(net, tc.weight_decay), lr=tc.lr)
+    opt = make_optimizer(net, tc)
     per_epoch = len(setup.train_part) // int(tc.batch_size)
     total = max(1, round(float(cfg.derive.train_epochs) * per_epoch))
     step, epoch = 0, 0
+    finite = torch.ones((), dtype=torch.bool, device=accel.device)
     net.train()
     while step < total:
         for x, y in accel.batches(epoch_loader(setup.train_part, int(tc.batch_size), cfg.seed, epoch, DistInfo(),
                                                stream=DERIVE_STREAM)):
-            set_lr(opt, cosine_lr(tc.lr, step, total, warmup_steps=total // 2))
-            with accel.autocast():
-                loss = torch.nn.functional.cross_entropy(net(x), y, label_smoothing=tc.label_smoothing)
-            if not torch.isfinite(loss.detach()):
-                log.warning("derive.method=train: the loss of %s became %s at step %d; scored as 0",
-                            " ".join(arch.choices), loss.item(), step + 1)
-                return 0.0
-            accel.backward(loss, opt, net.parameters(), tc.grad_clip)
-            accel.apply(opt)
+            loss, _, _ = train_step(net, net, opt, accel, x, y, cosine_lr(tc.lr, step, total, total // 2), tc)
+            finite &= torch.isfinite(loss)
             step += 1
             if step == total:
                 break
         epoch += 1
+    if not finite.item():
+        log.warning("derive.method=train: the loss of %s became non-finite; scored as 0", " ".join(arch.choices))
+        return 0.0
     if alone:
         return evaluate(net, make_loader(setup.val_part, 256, False, 0), accel, reduce=False)["top1"]
     return evaluate(net, make_loader(shard(setup.val_part), 256, False, 0), accel)["top1"]

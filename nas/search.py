@@ -35,9 +35,10 @@ and ``derive.method``:
   ICML 2021; :mod:`search_spaces.naswot`) as a standalone network at initialisation; the best
   is exported.
 
-The defaults (``band`` + ``select``) led random architectures at equal latency in
-``experiments.search_vs_random`` with its short retrain recipe, not with 3 epochs on 60k images (see the
-README's "Search quality"); ``train.sampling=proxyless derive.method=argmax`` is the paper's.
+The defaults (``band`` + ``train``) led random architectures at equal latency in
+``experiments.search_vs_random`` with its short retrain recipe (docs/search-quality.md);
+``train.sampling=proxyless derive.method=argmax`` is the paper's. ``derive.jobs`` finalists train side by
+side, one 1-thread process each.
 
 Everything lands in the Hydra run folder: ``arch.json``, ``checkpoint.pt`` (resumable: rerun
 with the same ``hydra.run.dir``), TensorBoard logs in ``tb/``, ``history.csv``,

@@ -105,6 +105,26 @@ def compute_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: fl
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
 
+def make_optimizer(model: nn.Module, tc: DictConfig) -> torch.optim.Optimizer:
+    """AdamW at ``tc.lr`` with ``tc.weight_decay`` on conv/linear weights only (:func:`param_groups`)."""
+    return torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.999))
+
+
+def train_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, accel: accelerator.Accelerator,
+               x: torch.Tensor, y: torch.Tensor, lr: float, tc: DictConfig) -> tuple[torch.Tensor, ...]:
+    """One weight step of a standalone network, the only one: ``nas.retrain`` and ``derive.method=train`` both
+    step with it. ``net`` runs the forward (``model`` itself, or its DDP wrapper), ``model``'s parameters are
+    clipped. Returns the detached loss, the gradient norm (None without clipping) and the logits, all left on
+    the device: nothing here waits for the accelerator."""
+    set_lr(optimizer, lr)
+    with accel.autocast():
+        logits = net(x)
+        loss = compute_loss(logits, y, tc.label_smoothing)
+    grad_norm = accel.backward(loss, optimizer, model.parameters(), tc.grad_clip)
+    accel.apply(optimizer)  # a non-finite step is caught by the caller's next read
+    return loss.detach(), grad_norm, logits
+
+
 @dataclass(frozen=True)
 class _Read:
     """One training step's statistics, read back to the host."""
@@ -243,7 +263,7 @@ def _start(cfg: DictConfig, run_dir: Path) -> _Run:
     init_desc = state["init"] if state is not None else initialise(cfg, job, model)
     check_runs(job.arch, job.label)  # maps shrunk below a kernel fail here, not in the first step
     accel.module(model)  # before the optimizer and the EMA, so that their state lives on the device too
-    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.999))
+    optimizer = make_optimizer(model, tc)
     ema = EMA(model, float(tc.ema_decay)) if tc.ema_decay is not None else None
     steps_per_epoch = len(epoch_loader(train_set, tc.batch_size, cfg.seed, 0, dist_info))
     if steps_per_epoch == 0 and tc.epochs > 0:
@@ -317,13 +337,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
     window = _Window(accel, run.dist_info.enabled)
     for i, (x, y) in enumerate(accel.batches(bar)):
         lr = cosine_lr(tc.lr, run.step, total_steps, warmup_steps)
-        set_lr(run.optimizer, lr)
-        with accel.autocast():
-            logits = run.ddp(x)
-            loss = compute_loss(logits, y, tc.label_smoothing)
-        grad_norm = accel.backward(loss, run.optimizer, run.model.parameters(), tc.grad_clip)
-        window.add(i, run.step, lr, len(y), loss.detach(), grad_norm, (logits.argmax(1) == y).sum())
-        accel.apply(run.optimizer)  # a non-finite step is caught at the next read, before anything is saved
+        loss, grad_norm, logits = train_step(run.ddp, run.model, run.optimizer, accel, x, y, lr, tc)
+        window.add(i, run.step, lr, len(y), loss, grad_norm, (logits.argmax(1) == y).sum())
         run.step += 1
         if run.ema is not None:
             run.ema.update(run.model)

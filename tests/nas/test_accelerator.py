@@ -30,7 +30,7 @@ QUIET = ["eval.profiles=[]", "eval.host_latency=false", "eval.onnx=false", "eval
 RETRAIN = ["dataset=digits", "dataset.limit=512", "threads=1", "train.batch_size=64", "results_csv=null", *QUIET]
 SEARCH = ["dataset=digits", "dataset.limit=320", "threads=1", "train.batch_size=64", "results_csv=null",
           "train.warmup_epochs=0", "train.epochs=1", "log_devices=[vpu]", "device=vpu", "latency=12ms",
-          "derive.candidates=4", "derive.finalists=0"]
+          "derive.method=select", "derive.candidates=4", "derive.finalists=0"]
 
 
 def _cfg(name: str, *overrides):

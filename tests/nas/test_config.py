@@ -113,6 +113,8 @@ BAD = [  # entry, overrides, the one line expected
     ("search", ["derive.min_fraction=-0.1"], "derive.min_fraction=-0.1 is invalid; valid: a number in [0, 1]"),
     ("search", ["derive.finalists=-1"], "derive.finalists=-1 is invalid; valid: an integer in [0, 1024]"),
     ("search", ["derive.train_epochs=0"], "derive.train_epochs=0 is invalid; valid: a number > 0"),
+    ("search", ["derive.jobs=0"], "derive.jobs=0 is invalid; valid: auto or an integer >= 1"),
+    ("search", ["derive.jobs=many"], "derive.jobs=many is invalid; valid: auto or an integer >= 1"),
     ("search", ["derive.method=train", "derive.finalists=0"],
      "derive.finalists=0 is invalid for derive.method=train; valid: an integer >= 1"),
     ("search", ["derive.without_search=yes"], "derive.without_search=yes is invalid; valid: true or false"),

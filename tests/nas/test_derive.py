@@ -48,7 +48,7 @@ def _cpu_target(run: Path) -> float:
 def test_deriving_for_the_searched_target_reproduces_the_search_export(searched, tmp_path):
     meta = derive_from_supernet(_compose("derive", f"supernet={searched}", *QUIET, "device=vpu", "latency=30ms",
                                          "log_devices=[vpu]"), tmp_path)
-    assert meta["derivation"].startswith("select:")
+    assert meta["derivation"].startswith("train:")  # the default derivation, as the search's
     assert Arch.load(tmp_path / "arch.json").choices == Arch.load(searched / "arch.json").choices
     assert meta["supernet"]["run_dir"] == str(searched.resolve())
     assert meta["supernet"]["searched_for"] == {"device": "vpu", "latency": "30ms"}
@@ -103,7 +103,8 @@ def test_bad_input_is_one_clear_error(searched, tmp_path):
 
 def test_a_front_on_two_devices_from_one_supernet(searched, tmp_path):
     out = derive_from_supernet(_compose("derive", f"supernet={searched}", *QUIET, "front.devices=[vpu,cpu]",
-                                        "front.targets=3", "derive.candidates=4", "log_devices=[vpu]"), tmp_path)
+                                        "front.targets=3", "derive.method=select", "derive.candidates=4",
+                                        "log_devices=[vpu]"), tmp_path)
     table = pd.read_csv(tmp_path / FRONT_CSV)
     assert (tmp_path / FRONT_PNG).is_file() and len(out["front"]) == 6
     assert list(table.device) == ["vpu"] * 3 + ["cpu"] * 3
@@ -117,12 +118,14 @@ def test_a_front_on_two_devices_from_one_supernet(searched, tmp_path):
     assert table.val_top1_supernet.between(0, 1).all() and table.derivation.str.startswith("select:").all()
     assert not (tmp_path / "arch.json").exists()
     again = derive_from_supernet(_compose("derive", f"supernet={searched}", *QUIET, "front.devices=[vpu,cpu]",
-                                          "front.targets=3", "derive.candidates=4", "log_devices=[vpu]"), tmp_path)
+                                          "front.targets=3", "derive.method=select", "derive.candidates=4",
+                                          "log_devices=[vpu]"), tmp_path)
     assert pd.DataFrame(again["front"]).equals(table)  # a finished front is reported, not derived again
     table.head(4).to_csv(tmp_path / FRONT_CSV, index=False)  # killed after 4 of its 6 points
     (tmp_path / FRONT_PNG).unlink()
     resumed = derive_from_supernet(_compose("derive", f"supernet={searched}", *QUIET, "front.devices=[vpu,cpu]",
-                                            "front.targets=3", "derive.candidates=4", "log_devices=[vpu]"), tmp_path)
+                                            "front.targets=3", "derive.method=select", "derive.candidates=4",
+                                            "log_devices=[vpu]"), tmp_path)
     assert len(resumed["front"]) == 6 and (tmp_path / FRONT_PNG).is_file()
     assert pd.read_csv(tmp_path / FRONT_CSV).equals(table)  # the 2 missing points derived again, the same
 

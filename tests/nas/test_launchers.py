@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["dataset=digits", "dataset.limit=512", "train.warmup_epochs=0", "train.epochs=1", "train.batch_size=64",
-        "threads=1", "log_devices=[vpu]", "derive.candidates=4", "derive.finalists=0", "device=vpu"]
+        "threads=1", "log_devices=[vpu]", "derive.method=select", "derive.candidates=4", "derive.finalists=0",
+        "device=vpu"]
 
 
 @pytest.mark.slow

@@ -32,7 +32,8 @@ def test_pareto_front_keeps_only_undominated_runs():
 def test_a_search_and_its_retrain_in_one_table_and_plot(tmp_path):
     search_csv, results_csv = tmp_path / "search_results.csv", tmp_path / "results.csv"
     search(_cfg("search", "train.warmup_epochs=0", "train.epochs=1", "log_devices=[vpu]", "device=vpu",
-                "latency=12ms", "derive.candidates=4", "derive.finalists=0", f"results_csv={search_csv}"),
+                "latency=12ms", "derive.method=select", "derive.candidates=4", "derive.finalists=0",
+                f"results_csv={search_csv}"),
            tmp_path / "search")
     train(_cfg("retrain", f"arch={tmp_path / 'search' / 'arch.json'}", "train.epochs=0", "eval.profiles=[cpu,vpu]",
                "eval.host_latency=false", "eval.onnx=false", "eval.every_epoch=false", f"results_csv={results_csv}"),

@@ -288,6 +288,21 @@ def test_every_derive_method_is_registered_once_in_the_order_of_the_config():
     assert tuple(METHODS) == DERIVE_METHODS
 
 
+def test_finalists_trained_side_by_side_score_as_one_after_another():
+    from nas.derivations import _finalist_scores, finalist_jobs
+    cfg = _cfg("device=vpu", "latency=30ms", "derive.train_epochs=0.5", "derive.jobs=2")
+    setup = prepare(cfg, DistInfo())
+    n = len(setup.train_space.layers())
+    top = [{"choices": [op] + ["identity"] * (n - 1)} for op in ("quadra_k3_e2", "quadra_k5_e4", "quadra_k7_e2")]
+    assert finalist_jobs(cfg, setup, len(top)) == 2
+    parallel = _finalist_scores(cfg, setup, top)  # two forked 1-thread processes
+    cfg.derive.jobs = 1
+    assert finalist_jobs(cfg, setup, len(top)) == 1
+    assert _finalist_scores(cfg, setup, top) == parallel  # threads=1 here: bit for bit the same scores
+    cfg.threads, cfg.derive.jobs = None, "auto"
+    assert finalist_jobs(cfg, setup, 1) == 1 and finalist_jobs(cfg, setup, 64) == len(os.sched_getaffinity(0))
+
+
 def test_standalone_training_of_a_finalist_learns_and_is_repeatable():
     from nas.derivations import train_standalone
     cfg = _cfg("device=vpu", "latency=30ms", "derive.train_epochs=3")

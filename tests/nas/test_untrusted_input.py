@@ -105,7 +105,7 @@ def _search_cfg(*overrides):
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
         return compose("search", overrides=["dataset=digits", "dataset.limit=512", "train.warmup_epochs=0",
                                             "train.epochs=1", "train.batch_size=64", "threads=1", "log_devices=[vpu]",
-                                            "device=vpu", "latency=12ms", "derive.candidates=4",
+                                            "device=vpu", "latency=12ms", "derive.method=select", "derive.candidates=4",
                                             "derive.finalists=0", *overrides])
 
 

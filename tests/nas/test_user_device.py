@@ -8,7 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["dataset=digits", "dataset.limit=512", "train.warmup_epochs=0", "train.epochs=1", "train.batch_size=64",
-        "threads=1", "log_devices=[vpu]", "results_csv=null", "derive.candidates=4", "derive.finalists=0"]
+        "threads=1", "log_devices=[vpu]", "results_csv=null", "derive.method=select", "derive.candidates=4",
+        "derive.finalists=0"]
 
 
 def _profile(folder: Path, backends: str) -> str:
