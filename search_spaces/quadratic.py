@@ -3,8 +3,9 @@
 * :class:`QuadDWConv2d` -- quadratic depthwise convolution
   ``y = DWa(x) * DWb(x) + DWc(x)`` with bias, as three separate depthwise convs, as one grouped
   conv with 3C outputs, or as one batched matmul over the pixels of a small map (``dense``); the
-  default ``impl="auto"`` takes the grouped conv or the dense matmul only where they measured
-  faster (CPU inference on small inputs; CPU training on small maps).
+  default ``impl="auto"`` takes the grouped conv where it measured faster (CPU inference on small
+  inputs) and the dense matmul where it times faster on the machine it runs on (CPU training on small
+  maps, timed once per shape and cached).
   ``memory_saving=True`` uses :class:`QuadDWFunction`, which saves only the input and
   the weights and recomputes the two projections in backward (QuadraLib's "hybrid
   back-propagation"; QuadraNet paper Eq. 8).
@@ -16,10 +17,22 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from search_spaces.io import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 NEURON_TYPES = ("lowrank", "t2", "t3", "t4")
 
@@ -31,6 +44,9 @@ DEFAULT_IMPL = "auto"
 AUTO_GROUPED_MAX_NUMEL = 6272  # N*C*H*W of the input, e.g. 1x32x14x14 or 1x128x7x7
 AUTO_GROUPED_MAX_KERNEL = 5
 AUTO_GROUPED_MAX_CHANNELS = 128  # 1x256x2x2 was slower grouped in both measured runs (1.02-1.24x)
+# auto times the dense matmul against the convs in training only on maps this small: its cost grows as (HW)^2
+DENSE_MAX_PIXELS = 64
+TIMING_REPEATS = 5  # auto's timing: runs of each path (after one warm-up), interleaved; the median decides
 
 
 def _tracing() -> bool:
@@ -52,13 +68,82 @@ def auto_grouped(x: torch.Tensor, kernel_size: int, needs_grad: bool) -> bool:
 
 def auto_dense(x: torch.Tensor, kernel_size: int, needs_grad: bool) -> bool:
     """Whether ``impl="auto"`` runs the dense matmul for input ``x``: eager CPU training (``needs_grad``) of a
-    map no larger than the kernel (``H * W <= k * k``), except k3 on maps of at least 3x3 (torch's 3x3
-    depthwise kernels are fast there). On such maps torch's depthwise weight gradient is 6-18x slower than
-    the dense form (``python -m experiments.train_speed`` and :func:`dense_quad_dw`)."""
+    map of at most :data:`DENSE_MAX_PIXELS` pixels where the dense form timed faster than the three depthwise
+    convs on this machine (:func:`dense_is_faster`, once per shape, kernel, dtype and thread count; the choice
+    is cached on disk like the latency tables). Torch's depthwise weight gradient is slow on small maps: 6-18x
+    the dense form on an AMD EPYC, about 1x-1.7x on an Intel Xeon (``python -m experiments.train_speed``)."""
     if not needs_grad or _tracing() or x.device.type != "cpu":
         return False
     h, w = x.shape[-2:]
-    return h * w <= kernel_size * kernel_size and not (kernel_size == 3 and min(h, w) >= 3)
+    if h * w > DENSE_MAX_PIXELS:
+        return False
+    dtype = str(x.dtype).removeprefix("torch.")
+    key = f"{'x'.join(map(str, x.shape))}-k{kernel_size}-{dtype}-t{torch.get_num_threads()}"
+    timed = _timed_choices()
+    if key not in timed:
+        timed[key] = dense_is_faster(tuple(x.shape), kernel_size, x.dtype)
+        atomic_write_text(_timings_path(), json.dumps(timed, indent=1, sort_keys=True))
+    return timed[key]
+
+
+def dense_is_faster(shape: tuple[int, ...], kernel_size: int, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether a forward and backward of :func:`dense_quad_dw` on an input of ``shape`` takes less time than
+    the three depthwise convs: medians of :data:`TIMING_REPEATS` interleaved runs after one warm-up, on random
+    inputs from a private generator (the training's random streams are not touched)."""
+    g = torch.Generator().manual_seed(0)
+    c, k = shape[1], kernel_size
+    x = torch.randn(shape, generator=g, dtype=dtype, requires_grad=True)
+    ws = [torch.randn((c, 1, k, k) if i % 2 == 0 else (c,), generator=g, dtype=dtype, requires_grad=True)
+          for i in range(6)]
+
+    def separate():
+        (F.conv2d(x, ws[0], ws[1], padding=k // 2, groups=c) * F.conv2d(x, ws[2], ws[3], padding=k // 2, groups=c)
+         + F.conv2d(x, ws[4], ws[5], padding=k // 2, groups=c)).sum().backward()
+
+    def dense():
+        dense_quad_dw(x, *ws).sum().backward()
+
+    times: dict[str, list[float]] = {"separate": [], "dense": []}
+    for i in range(TIMING_REPEATS + 1):
+        for name, fn in (("separate", separate), ("dense", dense)):
+            t0 = time.perf_counter()
+            fn()
+            if i:  # the first run of each warms up
+                times[name].append(time.perf_counter() - t0)
+    sep, den = (statistics.median(times[n]) for n in ("separate", "dense"))
+    log.info("quad_impl=auto: %s for training on %s k%d (%s): dense %.3f ms, separate %.3f ms per forward and "
+             "backward, timed once on this machine", "dense" if den < sep else "separate",
+             "x".join(map(str, shape)), k, dtype, 1e3 * den, 1e3 * sep)
+    return den < sep
+
+
+_TIMED: dict[str, dict[str, bool]] = {}  # the cache file's choices, read once per path
+
+
+def _timings_path() -> Path:
+    """This machine's timed choices: one file per CPU model and torch version, under ``QUADRANAS_CACHE``."""
+    root = Path(os.environ.get("QUADRANAS_CACHE", Path.home() / ".cache" / "quadranas"))
+    machine = hashlib.sha1(f"{_cpu_model()}|{torch.__version__}".encode()).hexdigest()[:12]
+    return root / "quad_impl" / f"{machine}.json"
+
+
+def _timed_choices() -> dict[str, bool]:
+    path = _timings_path()
+    if str(path) not in _TIMED:
+        try:
+            _TIMED[str(path)] = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, json.JSONDecodeError):  # an unreadable cache is timed again
+            _TIMED[str(path)] = {}
+    return _TIMED[str(path)]
+
+
+@functools.cache
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.machine())
+    except OSError:
+        return platform.processor() or platform.machine()
 
 
 @functools.lru_cache(maxsize=128)
@@ -175,8 +260,9 @@ class QuadDWConv2d(nn.Module):
     * ``"grouped"``: one conv with ``groups=C`` and 3C outputs whose interleaved output is split into the
       three branches; its weight is assembled from the three per call.
     * ``"dense"``: one batched matmul per channel over the map's pixels (:func:`dense_quad_dw`; stride 1 only).
-    * ``"auto"`` (default): dense in CPU training of small maps (:func:`auto_dense`), grouped in CPU inference
-      where it measured faster (:func:`auto_grouped`), else separate.
+    * ``"auto"`` (default): dense in CPU training of small maps where it times faster on this machine
+      (:func:`auto_dense`, timed once per shape and cached), grouped in CPU inference where it measured faster
+      (:func:`auto_grouped`), else separate.
 
     Measured (``python -m experiments.diagnostics.quad_conv_speed``, ``experiments/results/quad_conv_speed*.md``;
     2-core AMD EPYC VM shared with other jobs at load 6-8, torch 2.13 CPU, NCHW, interleaved medians; ratio = grouped /
@@ -195,9 +281,9 @@ class QuadDWConv2d(nn.Module):
       Forward + backward at batch 128: 0.66-8.7x (median 1.37x; earlier median 1.39x).
 
     Hence ``auto``: grouped for CPU inference with k <= 5, C <= 128 and at most 6272 input elements,
-    separate otherwise (all training). 2 threads gave no trustworthy numbers on that loaded 2-core machine
-    (most 2-thread rows were dominated by other jobs; see the results files). Unmeasured on CUDA, where
-    ``auto`` keeps the separate convs.
+    separate otherwise (training chooses between separate and dense only). 2 threads gave no trustworthy
+    numbers on that loaded 2-core machine (most 2-thread rows were dominated by other jobs; see the results
+    files). Unmeasured on CUDA, where ``auto`` keeps the separate convs.
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, stride: int = 1, memory_saving: bool = False,

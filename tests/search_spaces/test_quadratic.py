@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -192,21 +194,48 @@ def test_dense_impl_matches_separate_outputs_and_gradients(k, hw, channels_last,
         close(p2.grad, p1.grad, msg=n)
 
 
-def test_auto_takes_dense_only_for_training_on_small_maps():
+def test_auto_takes_dense_in_training_where_it_timed_faster_and_times_each_shape_once(monkeypatch, tmp_path):
+    import search_spaces.quadratic as q
+    monkeypatch.setenv("QUADRANAS_CACHE", str(tmp_path))
+    timed = []
+    faster = {3: False, 5: True, 7: True}  # a machine where dense wins for k5 and k7 only
+
+    def fake(shape, k, dtype=torch.float32):
+        timed.append((shape, k))
+        return faster[k]
+
+    monkeypatch.setattr(q, "dense_is_faster", fake)
+
     def impl(k, hw, grad=True, c=8):
         conv = QuadDWConv2d(c, k)
         x = torch.randn(2, c, *hw)
         with torch.set_grad_enabled(grad):
             return conv.impl_for(x)
 
-    assert impl(7, (7, 7)) == impl(5, (3, 3)) == impl(3, (2, 2)) == impl(3, (1, 1)) == "dense"
-    assert impl(5, (7, 7)) == impl(7, (14, 14)) == "separate"  # larger maps: torch's convs
-    assert impl(3, (3, 3)) == impl(3, (4, 4)) == "separate"  # torch's 3x3 depthwise kernels are fast there
+    assert impl(7, (7, 7)) == impl(5, (3, 3)) == "dense" and impl(3, (3, 3)) == "separate"
+    assert impl(7, (7, 7)) == "dense" and len(timed) == 3  # each (shape, kernel) timed once
+    assert impl(7, (14, 14)) == "separate" and len(timed) == 3  # above DENSE_MAX_PIXELS: never timed
     assert impl(7, (7, 7), grad=False) != "dense"  # inference keeps the convs (auto_grouped decides)
     assert QuadDWConv2d(8, 5, stride=2).impl_for(torch.randn(2, 8, 3, 3)) == "separate"  # dense is stride 1
     assert QuadDWConv2d(8, 5, memory_saving=True).impl_for(torch.randn(2, 8, 3, 3)) == "separate"
+    assert len(timed) == 3
+    saved = json.loads(q._timings_path().read_text())  # cached on disk, like the latency tables
+    t = torch.get_num_threads()
+    assert saved == {f"2x8x7x7-k7-float32-t{t}": True, f"2x8x3x3-k5-float32-t{t}": True,
+                     f"2x8x3x3-k3-float32-t{t}": False}
+    q._TIMED.clear()  # a new process reads the file: nothing is timed again
+    assert impl(5, (3, 3)) == "dense" and len(timed) == 3
     with pytest.raises(ValueError, match="stride 1"):
         QuadDWConv2d(8, 5, stride=2, impl="dense")(torch.randn(2, 8, 3, 3))
+
+
+def test_the_timing_itself_runs_both_paths_and_leaves_the_random_streams_alone():
+    from search_spaces.quadratic import dense_is_faster
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    assert dense_is_faster((4, 8, 3, 3), 3) in (True, False)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_dense_taps_built_under_inference_mode_still_train():
