@@ -80,3 +80,28 @@ def test_verdict_lead_and_schedule_recipe():
     assert lead_from([0.3, 0.1], [0.2, 0.4]) is None
     assert schedule_recipe(["train.epochs=2", "dataset.limit=30000"], 6) == [
         "dataset.limit=30000", "train.epochs=6", "eval.every_epoch=true"]
+
+
+@pytest.mark.slow
+def test_search_vs_random_again_at_a_longer_retrain(tmp_path):
+    from experiments import schedule_vs_random
+    from search_spaces.spaces import get_space
+    space = get_space("quadra")
+    rows = [{"kind": kind, "variant": "train" if kind == "searched" else "", "device": "vpu", "target_ms": 30.0,
+             "seed": i, "top1": top1, "derivation": "random draw",
+             "choices": " ".join(c.replace("quadra_", "") for c in space.random_arch(10 + i).choices)}
+            for i, (kind, top1) in enumerate([("searched", 0.6), ("searched", 0.7), ("random", 0.5),
+                                              ("random", 0.55), ("random", 0.4)])]
+    csv = tmp_path / "search_vs_random.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    args = ["--dataset", "digits", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+            "--recipe", RECIPE, "--csv", str(csv), "--searched", "2", "--draws", "2", "--epochs", "2"]
+    assert schedule_vs_random.main(args) == 0
+    done = pd.read_csv(tmp_path / "out" / "schedule_vs_random_vpu-30ms.csv")
+    assert list(done.kind) == ["searched"] * 2 + ["random"] * 2  # the first 2 draws only
+    assert done.top1_long.between(0, 1).all() and list(done.top1) == [0.6, 0.7, 0.5, 0.55]
+    md = (tmp_path / "out" / "schedule_vs_random_vpu-30ms.md").read_text()
+    assert "| committed (2 epochs) |" in md and "| 2 epochs |" in md and "Kendall tau" in md
+    assert schedule_vs_random.main([*args, "--report-only"]) == 0  # read back, nothing reruns
+    with pytest.raises(SystemExit, match="no searched rows of variant 'select'"):
+        schedule_vs_random.main([*args, "--variant", "select"])
