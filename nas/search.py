@@ -104,7 +104,7 @@ from search_spaces.sampling import EmptyBand
 from search_spaces.spaces import SearchSpace, space_from_config
 from search_spaces.summary import count_macs, count_params
 from supernet.derive import InfeasibleTarget
-from supernet.loss import LatencyLoss
+from supernet.loss import BudgetLoss
 from supernet.mixed import prefetch_host
 from supernet.supernet import Supernet
 
@@ -143,7 +143,7 @@ class State:
     model: Supernet
     w_opt: torch.optim.Optimizer
     a_opt: torch.optim.Optimizer
-    loss_fn: LatencyLoss
+    loss_fn: BudgetLoss
     path_gen: torch.Generator
     luts: dict[str, list[torch.Tensor]]
     band_pool: list[tuple[str, ...]] | None = None  # train.sampling=band: weight steps' architectures
@@ -155,6 +155,10 @@ class State:
 
     def lut(self, setup: Setup) -> list[torch.Tensor]:
         return self.luts[setup.device]
+
+    def budget_luts(self, setup: Setup) -> dict[str, tuple[list[torch.Tensor], float]]:
+        """Each budget's device: its per-layer tables (on the accelerator) and fixed part."""
+        return {name: (self.luts[name], setup.tables[name].fixed_ms) for name in setup.all_budgets()}
 
 
 def search(cfg: DictConfig, run_dir: Path) -> dict:
@@ -258,7 +262,7 @@ def build_state(cfg: DictConfig, setup: Setup) -> State:
     else:
         raise ValueError(f"unknown arch.optimizer {cfg.arch.optimizer!r}; valid: adam, sgd")
     lcfg = OmegaConf.to_container(cfg.loss, resolve=True)
-    loss_fn = LatencyLoss(lcfg.pop("kind"), setup.target_ms, **lcfg).to(setup.accel.device)
+    loss_fn = BudgetLoss(lcfg.pop("kind"), setup.all_budgets(), **lcfg).to(setup.accel.device)
     luts = {n: [t.to(setup.accel.device) for t in lut_tensors(tb.ops(), tb.layer_ms(), model)]
             for n, tb in setup.tables.items()}
     pool = band_pool(cfg, setup, model) if cfg.train.sampling == "band" else None
@@ -359,11 +363,10 @@ def train_epoch(cfg: DictConfig, setup: Setup, st: State, epoch: int, dist_info:
                 steps.flush()  # raises at the step that made the logits non-finite
                 raise TrainingDiverged(_diverged("an architecture logit", "non-finite", cfg, epoch, st, run_dir))
             model.resample("arch", cfg.mode, st.path_gen)
-            a_loss, ce = arch_step(model, st.a_opt, st.loss_fn, xv, yv, st.lut(setup), setup.table.fixed_ms,
-                                   reduce, accel)
+            a_loss, ce = arch_step(model, st.a_opt, st.loss_fn, xv, yv, st.budget_luts(setup), reduce, accel)
             # a finite loss can still leave non-finite logits (gradients through non-finite weights)
             steps.arch(a_loss, ce, torch.stack([a.detach().abs().max() for a in model.arch_parameters()]).max())
-            st.loss_fn.update(export_ms_tensor(model, st.lut(setup), setup.table.fixed_ms))
+            st.loss_fn.update({n: export_ms_tensor(model, *lut) for n, lut in st.budget_luts(setup).items()})
             st.arch_steps += 1
         if st.step % tb.STEP_EVERY == 0:
             steps.flush(model.expected_latency_ms(st.lut(setup), setup.table.fixed_ms).detach())

@@ -16,14 +16,14 @@ can force a path and time exactly the same step the search takes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from nas.accelerator import Accelerator
 from nas.loops import all_reduce_mean_, broadcast_
-from supernet.loss import LatencyLoss
+from supernet.loss import BudgetLoss
 from supernet.supernet import Supernet
 
 
@@ -82,11 +82,12 @@ def active_buffers(model: Supernet) -> list[torch.Tensor]:
     return [b for b in model.buffers() if id(b) not in idle]
 
 
-def arch_step(model: Supernet, optimizer: torch.optim.Optimizer, loss_fn: LatencyLoss, x: torch.Tensor,
-              y: torch.Tensor, lut: Sequence[torch.Tensor], fixed_ms: float,
+def arch_step(model: Supernet, optimizer: torch.optim.Optimizer, loss_fn: BudgetLoss, x: torch.Tensor,
+              y: torch.Tensor, luts: Mapping[str, tuple[Sequence[torch.Tensor], float]],
               reduce: Callable[[list[torch.Tensor]], None] | None = None,
               accel: Accelerator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latency-aware step of the logits on held-out data; returns (loss, cross-entropy), detached.
+    """Latency-aware step of the logits on held-out data; returns (loss, cross-entropy), detached. ``luts`` maps
+    each budget's device to its per-layer tables and fixed part: every budget's expected latency enters the loss.
 
     ``reduce`` averages the gradients across processes (DDP) in place. After the step, ``two``
     mode's rescaling keeps the probability of the paths outside each sampled pair. The forward runs in
@@ -96,7 +97,7 @@ def arch_step(model: Supernet, optimizer: torch.optim.Optimizer, loss_fn: Latenc
     params = model.arch_parameters()
     with accel.autocast():
         ce = F.cross_entropy(model(x), y)
-    loss = loss_fn(ce.float(), model.expected_latency_ms(lut, fixed_ms))
+    loss = loss_fn(ce.float(), {name: model.expected_latency_ms(*luts[name]) for name in loss_fn.devices})
     scale = _loss_scale(accel)
     grads = list(torch.autograd.grad(loss * scale if scale is not None else loss, params))  # weights' .grad untouched
     if reduce is not None:

@@ -24,6 +24,7 @@ import os
 import platform
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -89,7 +90,14 @@ def auto_dense(x: torch.Tensor, kernel_size: int, needs_grad: bool) -> bool:
 def dense_is_faster(shape: tuple[int, ...], kernel_size: int, dtype: torch.dtype = torch.float32) -> bool:
     """Whether a forward and backward of :func:`dense_quad_dw` on an input of ``shape`` takes less time than
     the three depthwise convs: medians of :data:`TIMING_REPEATS` interleaved runs after one warm-up, on random
-    inputs from a private generator (the training's random streams are not touched)."""
+    inputs from a private generator (the training's random streams are not touched). It runs in a thread of its
+    own, so the caller's thread-local autograd state (saved-tensor hooks, autocast, grad mode) neither sees
+    nor shapes the timing."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(_time_dense, shape, kernel_size, dtype).result()
+
+
+def _time_dense(shape: tuple[int, ...], kernel_size: int, dtype: torch.dtype) -> bool:
     g = torch.Generator().manual_seed(0)
     c, k = shape[1], kernel_size
     x = torch.randn(shape, generator=g, dtype=dtype, requires_grad=True)

@@ -62,3 +62,43 @@ class LatencyLoss(nn.Module):
             if isinstance(step, torch.Tensor):
                 step = step.to(self.weight.dtype)
             self.weight.copy_(torch.clamp(self.weight + step, 0.0, self.weight_max))
+
+
+class BudgetLoss(nn.Module):
+    """The search loss under a latency budget on each of one or more devices: one :class:`LatencyLoss` term per
+    budget, applied in turn to the cross-entropy (``constraint`` and ``add_linear`` add one penalty per device,
+    each with its own multiplier, so each device's expected latency above its budget is penalised; ``mul_log``
+    multiplies one factor per device). One budget is exactly :class:`LatencyLoss`."""
+
+    def __init__(self, kind: str, budgets: dict[str, float], **kwargs):
+        super().__init__()
+        if not budgets:
+            raise ValueError("a search loss needs at least one latency budget")
+        self.devices = list(budgets)  # the order of the terms (a device name can clash with a Module attribute)
+        self.terms = nn.ModuleList(LatencyLoss(kind, ms, **kwargs) for ms in budgets.values())
+
+    def term(self, device: str) -> LatencyLoss:
+        return self.terms[self.devices.index(device)]
+
+    def forward(self, ce: torch.Tensor, expected_ms: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = ce
+        for name, term in zip(self.devices, self.terms):
+            loss = term(loss, expected_ms[name])
+        return loss
+
+    @torch.no_grad()
+    def update(self, export_ms: dict[str, float | torch.Tensor]) -> None:
+        """Each term's multiplier from the exported architecture's latency on its device."""
+        for name, term in zip(self.devices, self.terms):
+            term.update(export_ms[name])
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The first (searched) device's constraint multiplier."""
+        return self.terms[0].weight
+
+    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
+        """Also a checkpoint from before several budgets, which held one term's state at the top level."""
+        if state and not any(k.startswith("terms.") for k in state):
+            state = {f"terms.0.{k}": v for k, v in state.items()}
+        return super().load_state_dict(state, strict, assign)

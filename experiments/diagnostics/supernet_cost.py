@@ -37,7 +37,7 @@ from search_spaces.io import atomic_write_text
 from search_spaces.memory import saved_activation_bytes
 from search_spaces.spaces import SearchSpace, get_space
 from search_spaces.summary import count_macs
-from supernet.loss import LatencyLoss
+from supernet.loss import BudgetLoss
 from supernet.mixed import MixedOp, Sample
 from supernet.supernet import Supernet
 
@@ -153,7 +153,7 @@ def _run(batch, repeats, warmup, arch, seed, space, lut) -> pd.DataFrame:
     layer_ms, fixed_ms, lut_source = latency_lut(space, model, lut)
     lo = fixed_ms + sum(float(r.min()) for r in layer_ms)
     hi = fixed_ms + sum(float(r.max()) for r in layer_ms)
-    loss_fn = LatencyLoss("add_linear", (lo + hi) / 2 if hi > 0 else 1.0)
+    loss_fn = BudgetLoss("add_linear", {"device": (lo + hi) / 2 if hi > 0 else 1.0})
 
     n_opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=4e-5)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=4e-5)
@@ -169,10 +169,10 @@ def _run(batch, repeats, warmup, arch, seed, space, lut) -> pd.DataFrame:
 
     def arch_loss():
         ce = F.cross_entropy(model(x), y)
-        return loss_fn(ce, model.expected_latency_ms(layer_ms, fixed_ms))
+        return loss_fn(ce, {"device": model.expected_latency_ms(layer_ms, fixed_ms)})
 
     def arch_step_():  # the search's own architecture step
-        arch_step(model, a_opt, loss_fn, x, y, layer_ms, fixed_ms)
+        arch_step(model, a_opt, loss_fn, x, y, {"device": (layer_ms, fixed_ms)})
 
     # (prepare, step, forward-for-memory) per row; prepare runs untimed before every step
     def pin():

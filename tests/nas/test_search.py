@@ -213,6 +213,9 @@ def test_a_search_under_budgets_on_two_devices_exports_a_network_meeting_both(tm
     assert meta["meets_target"] and set(meta["budgets"]) == {"vpu", "gpu"} and meta["budget_used"] >= 0.9
     assert meta["latency_ms"]["gpu"]["ms"] <= gpu and meta["latency_ms"]["vpu"]["ms"] <= 30.0
     assert f"vpu target 30.000 ms, gpu {gpu:.3f} ms ==" in caplog.text
+    from nas.checkpoint import load_checkpoint
+    loss = load_checkpoint(tmp_path / "checkpoint.pt", kind="supernet")["loss"]
+    assert set(loss) == {"terms.0.weight", "terms.1.weight"}  # a latency term with a multiplier per budget
     with pytest.raises(ConfigError, match="has no budget on device=vpu"):
         search(_cfg(*ONE, "device=vpu", "latency=[gpu:1ms]"), tmp_path / "b")
     with pytest.raises(ConfigError, match="latency: unknown device 'tpu'"):

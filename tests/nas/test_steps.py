@@ -6,7 +6,7 @@ from sklearn.datasets import load_digits
 
 from nas.steps import arch_step, export_ms, lut_tensors, weight_step
 from search_spaces.spaces import quadra_space
-from supernet.loss import LatencyLoss
+from supernet.loss import BudgetLoss
 from supernet.supernet import Supernet
 
 
@@ -47,12 +47,12 @@ def test_arch_step_moves_logits_only_and_latency_pushes_to_cheap_ops():
     lut = lut_tensors(ops, layer_ms, model)
     opt = torch.optim.Adam(model.arch_parameters(), lr=0.05, betas=(0.0, 0.999))
     # a latency-only loss (huge multiplier): every step must make E[LAT] smaller
-    loss_fn = LatencyLoss("constraint", target_ms=0.5, weight_init=100.0)
+    loss_fn = BudgetLoss("constraint", {"vpu": 0.5}, weight_init=100.0)
     gen = torch.Generator().manual_seed(0)
     before = model.expected_latency_ms(lut, 0.0).item()
     for _ in range(20):
         model.resample("arch", "two", gen)
-        arch_step(model, opt, loss_fn, x, y, lut, 0.0)
+        arch_step(model, opt, loss_fn, x, y, {"vpu": (lut, 0.0)})
     assert model.expected_latency_ms(lut, 0.0).item() < before
     assert all(p.grad is None for p in model.weight_parameters())
     assert export_ms(model, lut, 0.0) == pytest.approx(

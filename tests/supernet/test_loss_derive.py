@@ -143,3 +143,17 @@ def test_band_derivation_falls_back_with_a_warning_when_the_band_is_empty():
     with pytest.warns(UserWarning, match="no architecture lies in"):
         picks = derive(lp, lut, 1.0, 4.0, min_ms=3.8)  # only 1 ms and 6+ ms exist
     assert picks == [0, 0]
+
+
+def test_a_budget_on_each_device_adds_a_term_each_with_its_own_multiplier():
+    from supernet.loss import BudgetLoss
+    ce = torch.tensor(1.0)
+    one = BudgetLoss("constraint", {"vpu": 10.0}, weight_init=1.0)
+    assert one(ce, {"vpu": torch.tensor(12.0)}).item() == pytest.approx(1.0 + 0.2)  # as LatencyLoss alone
+    two = BudgetLoss("constraint", {"vpu": 10.0, "cpu": 20.0}, weight_init=1.0, eta=0.5)
+    assert two(ce, {"vpu": torch.tensor(12.0), "cpu": torch.tensor(25.0)}).item() == pytest.approx(1.0 + 0.2 + 0.25)
+    two.update({"vpu": 8.0, "cpu": 30.0})  # vpu under its budget, cpu over: only cpu's multiplier grows
+    assert two.term("vpu").weight.item() == pytest.approx(0.9) and two.term("cpu").weight.item() == 1.25
+    old = {"weight": torch.tensor(3.0)}  # a single-budget checkpoint from before several budgets
+    one.load_state_dict(old)
+    assert one.weight.item() == 3.0
