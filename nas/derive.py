@@ -42,6 +42,7 @@ from nas.config import ConfigError, check_config
 from nas.data import make_loader
 from nas.derivations import derive_choices
 from nas.loops import evaluate, init_distributed, set_threads, shard
+from nas.options import show_help_if_asked
 from nas.runlock import run_folder
 from nas.search import Setup, State, build_state, export, prepare, search_summary_text
 from search_spaces.arch import Arch
@@ -202,10 +203,16 @@ def _given() -> list[str]:
 
 
 @hydra.main(version_base=None, config_path="pkg://conf", config_name="derive")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     code = run_cli(lambda: derive_from_supernet(cfg, hydra_run_dir(), _given()))
     if code:
         sys.exit(code)
+
+
+def main() -> None:
+    """The ``derive`` command: its own ``--help`` (every option described), else Hydra's run."""
+    show_help_if_asked("derive")
+    _main()
 
 
 if __name__ == "__main__":

@@ -15,14 +15,21 @@ import hydra
 from omegaconf import DictConfig
 
 from nas.cli import run_cli
+from nas.options import show_help_if_asked
 from nas.report import evaluate_checkpoint
 
 
 @hydra.main(version_base=None, config_path="pkg://conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     code = run_cli(lambda: evaluate_checkpoint(cfg))
     if code:
         sys.exit(code)
+
+
+def main() -> None:
+    """The ``evaluate`` command: its own ``--help`` (every option described), else Hydra's run."""
+    show_help_if_asked("evaluate")
+    _main()
 
 
 if __name__ == "__main__":

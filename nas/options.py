@@ -152,6 +152,36 @@ def reference() -> str:
     return "\n".join(lines)
 
 
+def entry_groups(entry: str) -> list[str]:
+    """The config groups an entry point composes (its YAML ``defaults`` list, and the one it extends)."""
+    text = _conf_text(f"{entry}.yaml")
+    groups = entry_groups(EXTENDS[entry]) if entry in EXTENDS else []
+    groups += re.findall(r"^ +- (?!override )(\w+):", text.split("\n\n", 1)[0] if "defaults:" in text else "",
+                         flags=re.M)
+    return [g for g in dict.fromkeys(groups) if g in GROUP_SCHEMAS]
+
+
+def help_text(entry: str) -> str:
+    """``--help`` of an entry point: usage, the groups it composes with their options, and every option with
+    its default and description (the YAML comments, as in ``docs/options.md``)."""
+    header = [ln[2:] for ln in _conf_text(f"{entry}.yaml").splitlines() if ln.startswith("# ")]
+    opts = entry_options(entry)
+    lines = [*header, "", "Set options as key=value; every value is checked before any work. Groups (group=option,",
+             "then group.key=value):"]
+    lines += [f"  {g}: {', '.join(group_options(g))}" for g in entry_groups(entry)]
+    lines += ["", "Options (default: description):"]
+    lines += [f"  {k}={opts[k][0] or '-'}: {opts[k][1]}" for k in schema_keys(SCHEMAS[entry]) if k in opts]
+    lines += ["", "Every option and every group's keys: docs/options.md. Hydra's own flags: --hydra-help."]
+    return "\n".join(lines)
+
+
+def show_help_if_asked(entry: str, argv: list[str] | None = None) -> None:
+    """Print :func:`help_text` and exit 0 when the command line asks for ``--help`` (or ``-h``)."""
+    if {"--help", "-h"} & set(sys.argv[1:] if argv is None else argv):
+        print(help_text(entry))
+        raise SystemExit(0)
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/options.md")
     from search_spaces.io import atomic_write_text

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from nas.cli import hydra_run_dir, run_cli
 from nas.config import DATASETS, USAGE_EXIT
 from nas.job import recorded_dataset
+from nas.options import show_help_if_asked
 from nas.trainer import train
 from search_spaces.arch import ArchError
 
@@ -73,6 +74,7 @@ _NOTE: list[str] = []  # main() -> _retrain(): Hydra's task function takes only 
 
 
 def main() -> None:
+    show_help_if_asked("retrain")
     try:
         args, note = with_recorded_dataset(sys.argv[1:])
     except ArchError as e:

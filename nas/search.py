@@ -93,6 +93,7 @@ from nas.loops import (
     set_threads,
     shard,
 )
+from nas.options import show_help_if_asked
 from nas.report import append_results_row
 from nas.runlock import run_folder
 from nas.steps import PathSync, arch_step, export_ms, export_ms_tensor, lut_tensors, weight_step
@@ -636,10 +637,16 @@ def search_summary_text(arch: Arch, run_dir: Path, target_ms: float, device: str
 
 
 @hydra.main(version_base=None, config_path="pkg://conf", config_name="search")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     code = run_cli(lambda: search(cfg, hydra_run_dir()))
     if code:
         sys.exit(code)
+
+
+def main() -> None:
+    """The ``search`` command: its own ``--help`` (every option described), else Hydra's run."""
+    show_help_if_asked("search")
+    _main()
 
 
 if __name__ == "__main__":

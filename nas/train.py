@@ -18,14 +18,21 @@ import hydra
 from omegaconf import DictConfig
 
 from nas.cli import hydra_run_dir, run_cli
+from nas.options import show_help_if_asked
 from nas.trainer import train
 
 
 @hydra.main(version_base=None, config_path="pkg://conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     code = run_cli(lambda: train(cfg, hydra_run_dir()))
     if code:
         sys.exit(code)
+
+
+def main() -> None:
+    """The ``train`` command: its own ``--help`` (every option described), else Hydra's run."""
+    show_help_if_asked("train")
+    _main()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
 """The option reference (``docs/options.md``): every option described, the committed file up to date."""
 
+import subprocess
+import sys
 from pathlib import Path
 
-from nas.options import reference, undocumented, yaml_options
+import pytest
+
+from nas.config import SCHEMAS
+from nas.options import ENTRIES, reference, schema_keys, undocumented, yaml_options
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,3 +35,13 @@ def test_comments_are_read_as_documentation():
                                   "train.lr": ("1.0", "first line second line"),
                                   "train.epochs": ("2", "the line above a key describes it continues epochs"),
                                   "train.decay": ("0.1", "")}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRIES))
+def test_help_describes_every_option_and_lists_only_the_groups_the_command_uses(entry):
+    r = subprocess.run([sys.executable, "-m", ENTRIES[entry], "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "tools:" not in r.stdout and "dataset: cifar10, digits, fashion_mnist, imagefolder" in r.stdout
+    for key in schema_keys(SCHEMAS[entry]):
+        assert f"\n  {key}=" in r.stdout, key  # with its default and description
+    assert ("device: cpu" in r.stdout) == (entry in ("search", "derive"))
