@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
@@ -35,12 +36,14 @@ from nas.loops import (
 )
 from nas.trainer import make_optimizer, train_step
 from search_spaces.arch import Arch, build_net
+from search_spaces.blocks import SKIP_OPS
 from search_spaces.naswot import naswot_scores
 from search_spaces.sampling import EmptyBand, sample_in_band
 from supernet.derive import InfeasibleTarget, derive
 from supernet.supernet import Supernet
 
 if TYPE_CHECKING:
+    from latency.lut import LatencyTable
     from nas.search import Setup, State
 
 log = logging.getLogger("nas.search")
@@ -70,12 +73,36 @@ def band_ms(cfg: DictConfig, setup: Setup) -> tuple[float, float]:
     return float(cfg.derive.min_fraction) * setup.target_ms, setup.target_ms
 
 
+LADDER_QUANTILES = (0.1, 0.9)  # a ladder's targets: evenly spaced quantiles of random draws' latency
+LADDER_DRAWS = 4000
+
+
+def ladder_ms(table: LatencyTable, n: int, seed: int) -> list[float]:
+    """``n`` targets (ms, 2 decimals) from the 10th to the 90th percentile of the latency of the random
+    baseline's architectures on ``table``'s device (:mod:`search_spaces.sampling`: a skip probability drawn per
+    architecture, then each layer skipped with it or given a uniform block), so the ladder spans small to large
+    networks; uniform per-layer draws would span only the deep ones (76-98 ms on the vpu, where the main
+    command's 30 ms lies far below). The range a front spans, and ``train.sampling=ladder``'s bands."""
+    rng = np.random.default_rng(seed)
+    skip = rng.random(LADDER_DRAWS)
+    ms = np.full(LADDER_DRAWS, table.fixed_ms)
+    for ops, row in zip(table.ops(), table.layer_ms(), strict=True):
+        blocks = np.array([i for i, op in enumerate(ops) if op not in SKIP_OPS])
+        pick = blocks[rng.integers(0, len(blocks), LADDER_DRAWS)]
+        if len(blocks) < len(ops):
+            pick = np.where(rng.random(LADDER_DRAWS) < skip, ops.index(next(o for o in ops if o in SKIP_OPS)), pick)
+        ms += np.asarray(row)[pick]
+    return [round(float(q), 2) for q in np.quantile(ms, np.linspace(*LADDER_QUANTILES, n))]
+
+
 def draw_in_band(cfg: DictConfig, setup: Setup, model: Supernet, n: int,
-                 layer_probs: list[list[float]] | None = None) -> list[tuple[str, ...]]:
-    """Up to ``n`` distinct architectures (at least one, else :class:`EmptyBand`) in :func:`band_ms`, drawn
-    with the random baseline's distribution (:mod:`search_spaces.sampling`; ``layer_probs`` mixes in a
-    learned one); deterministic in the seed. At most 2M draws: ~1 s for a rare band."""
-    lo, hi = band_ms(cfg, setup)
+                 layer_probs: list[list[float]] | None = None,
+                 band: tuple[float, float] | None = None) -> list[tuple[str, ...]]:
+    """Up to ``n`` distinct architectures (at least one, else :class:`EmptyBand`) in ``band`` (default
+    :func:`band_ms`) on the setup's device and within every other budget, drawn with the random baseline's
+    distribution (:mod:`search_spaces.sampling`; ``layer_probs`` mixes in a learned one); deterministic in the
+    seed. At most 2M draws: ~1 s for a rare band."""
+    lo, hi = band or band_ms(cfg, setup)
     also = [(setup.tables[name].layer_ms(), setup.tables[name].fixed_ms, budget_ms)
             for name, budget_ms in setup.all_budgets().items() if name != setup.device]
     return sample_in_band([m.names for m in model.mixed_ops()], setup.table.layer_ms(), setup.table.fixed_ms, lo,

@@ -29,18 +29,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import hydra
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from latency.lut import LatencyTable
 from nas import accelerator
 from nas.checkpoint import CHECKPOINT, check_resume_config, load_checkpoint
 from nas.cli import hydra_run_dir, run_cli
 from nas.config import ConfigError, check_config
 from nas.data import make_loader
-from nas.derivations import derive_choices
+from nas.derivations import derive_choices, ladder_ms
 from nas.loops import evaluate, init_distributed, set_threads, shard
 from nas.options import show_help_if_asked
 from nas.runlock import run_folder
@@ -127,19 +125,8 @@ def _derive(cfg: DictConfig, run_dir: Path, given: list[str]) -> dict:
 
 
 # -- fronts ---------------------------------------------------------------------------------------
-LADDER_QUANTILES = (0.1, 0.9)  # a front's targets: evenly spaced quantiles of uniform draws' latency
-LADDER_DRAWS = 4000
 README_POINT = ("vpu", 30.0)  # the README's main command, marked on a front's plot
 FRONT_CSV, FRONT_PNG = "front.csv", "front.png"
-
-
-def ladder_ms(table: LatencyTable, n: int, seed: int) -> list[float]:
-    """``n`` targets (ms, 2 decimals) from the 10th to the 90th percentile of the latency of architectures
-    drawn uniformly per layer on ``table``'s device: the range a front spans."""
-    rng = np.random.default_rng(seed)
-    ms = table.fixed_ms + sum(rng.choice(layer, size=LADDER_DRAWS) for layer in table.layer_ms())
-    return [round(float(q), 2) for q in np.quantile(ms, np.linspace(*LADDER_QUANTILES, n))]
-
 
 def front(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, devices: list[str], n: int,
           provenance: dict) -> dict:

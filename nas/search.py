@@ -79,7 +79,7 @@ from nas.checkpoint import (
 from nas.cli import hydra_run_dir, override_arg, run_cli
 from nas.config import check_config
 from nas.data import get_dataset, make_loader, to_device, train_val_split
-from nas.derivations import band_ms, budget_use, derive_choices, draw_in_band
+from nas.derivations import band_ms, budget_use, derive_choices, draw_in_band, ladder_ms
 from nas.loops import (
     DistInfo,
     TrainingDiverged,
@@ -106,12 +106,13 @@ from search_spaces.spaces import SearchSpace, space_from_config
 from search_spaces.summary import count_macs, count_params
 from supernet.derive import InfeasibleTarget
 from supernet.loss import BudgetLoss
-from supernet.mixed import prefetch_host
+from supernet.mixed import SAMPLINGS, prefetch_host
 from supernet.supernet import Supernet
 
 log = logging.getLogger("nas.search")
 
-BAND_POOL = 4096  # train.sampling=band: architectures drawn in the band (fewer when the band holds fewer)
+BAND_POOL = 4096  # train.sampling=band/ladder: architectures drawn in the bands (fewer when they hold fewer)
+LADDER_BANDS = 6  # train.sampling=ladder: bands of a ladder of targets on the searched device
 
 
 @dataclass
@@ -266,31 +267,47 @@ def build_state(cfg: DictConfig, setup: Setup) -> State:
     loss_fn = BudgetLoss(lcfg.pop("kind"), setup.all_budgets(), **lcfg).to(setup.accel.device)
     luts = {n: [t.to(setup.accel.device) for t in lut_tensors(tb.ops(), tb.layer_ms(), model)]
             for n, tb in setup.tables.items()}
-    pool = band_pool(cfg, setup, model) if cfg.train.sampling == "band" else None
+    pool = band_pool(cfg, setup, model) if cfg.train.sampling in ("band", "ladder") else None
     return State(model, w_opt, a_opt, loss_fn, torch.Generator().manual_seed(cfg.seed), luts, pool)
 
 
 def band_pool(cfg: DictConfig, setup: Setup, model: Supernet) -> list[tuple[str, ...]] | None:
-    """``train.sampling=band``: the architectures weight steps draw from (deterministic in the seed);
-    None, with a warning, when the band holds none (weight steps then draw uniformly per layer)."""
-    try:
-        pool = draw_in_band(cfg, setup, model, BAND_POOL)
-    except EmptyBand as e:
-        log.warning("train.sampling=band: %s; weight steps draw uniformly per layer instead", e)
+    """The architectures weight steps draw from (deterministic in the seed): ``train.sampling=band``, those in
+    the derivation's band; ``ladder``, an equal share in the band of each of :data:`LADDER_BANDS` targets of a
+    ladder (:func:`nas.derivations.ladder_ms`) on the searched device, for a supernet reused at other targets.
+    None, with a warning, when the bands hold none (weight steps then draw uniformly per layer)."""
+    f = float(cfg.derive.min_fraction)
+    bands = ([band_ms(cfg, setup)] if cfg.train.sampling == "band"
+             else [(f * t, t) for t in ladder_ms(setup.table, LADDER_BANDS, int(cfg.seed))])
+    pool: list[tuple[str, ...]] = []
+    for band in bands:
+        try:
+            pool += draw_in_band(cfg, setup, model, BAND_POOL // len(bands), band=band)
+        except EmptyBand as e:
+            log.warning("train.sampling=%s: %s", cfg.train.sampling, e)
+    if not pool:
+        log.warning("train.sampling=%s: no architecture in its bands; weight steps draw uniformly per layer "
+                    "instead", cfg.train.sampling)
         return None
     blocks = [sum(c not in SKIP_OPS for c in a) for a in pool]
-    log.info("train.sampling=band: weight steps draw from %d architectures in [%.3f, %.3f] ms on %s (%d-%d blocks)",
-             len(pool), *band_ms(cfg, setup), setup.device, min(blocks), max(blocks))
+    log.info("train.sampling=%s: weight steps draw from %d architectures in %s ms on %s (%d-%d blocks)",
+             cfg.train.sampling, len(pool), ", ".join(f"[{lo:.3f}, {hi:.3f}]" for lo, hi in bands), setup.device,
+             min(blocks), max(blocks))
     return pool
 
 
 def sample_weight_path(cfg: DictConfig, st: State) -> None:
-    """Pin the path of the next weight step (see ``train.sampling``)."""
+    """Pin the path of the next weight step (see ``train.sampling``). ``sandwich`` cycles through the largest
+    architecture, the smallest and two uniform draws, one per step (BigNAS's sandwich rule, spread over
+    consecutive steps rather than accumulated in one)."""
     if st.band_pool is not None:
         st.model.pin_one_of(st.band_pool, st.path_gen)
+    elif cfg.train.sampling == "sandwich" and st.step % 4 < 2:
+        space = st.model.space
+        st.model.pin((space.largest_arch() if st.step % 4 == 0 else space.smallest_arch()).choices)
     else:
-        st.model.resample("weight", cfg.mode, st.path_gen, "uniform" if cfg.train.sampling == "band"
-                          else cfg.train.sampling)
+        sampling = cfg.train.sampling if cfg.train.sampling in SAMPLINGS else "uniform"
+        st.model.resample("weight", cfg.mode, st.path_gen, sampling)
 
 
 def _with_pricing(saved: dict) -> dict:

@@ -21,7 +21,7 @@ from supernet.mixed import SAMPLINGS, MixedOp, host_ints, prefetch_host
 
 # how weight steps draw their path: per layer (SAMPLINGS, see supernet.mixed) or, ``band``, one whole
 # architecture from a pool the caller drew inside the latency band (see Supernet.pin_one_of)
-WEIGHT_SAMPLINGS = (*SAMPLINGS, "band")
+WEIGHT_SAMPLINGS = (*SAMPLINGS, "band", "ladder", "sandwich")
 
 
 class Supernet(nn.Module):

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from latency.lut import get_table
 from latency.profiles import load_profile
 from nas.config import ConfigError
-from nas.derive import FRONT_CSV, FRONT_PNG, SUPERNET_KEYS, derivation_config, derive_from_supernet, ladder_ms
+from nas.derivations import ladder_ms
+from nas.derive import FRONT_CSV, FRONT_PNG, SUPERNET_KEYS, derivation_config, derive_from_supernet
 from nas.search import search
 from search_spaces.arch import Arch
 from search_spaces.spaces import space_from_config

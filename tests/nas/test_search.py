@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from nas.config import ConfigError
 from nas.loops import DistInfo, TrainingDiverged
-from nas.search import BAND_POOL, build_state, prepare, sample_weight_path, search
+from nas.search import BAND_POOL, LADDER_BANDS, build_state, prepare, sample_weight_path, search
 from search_spaces.arch import Arch
 from tests.helpers import scalar_tags
 
@@ -179,6 +179,32 @@ def test_band_sampling_trains_only_architectures_in_the_band(tmp_path):
     assert drawn <= set(pool) and len(drawn) > 40
     meta = search(cfg, tmp_path)
     assert meta["search"]["sampling"] == "band" and 0.9 <= meta["budget_used"] <= 1.0
+
+
+@pytest.mark.parametrize("sampling", ["ladder", "sandwich"])
+def test_reusable_supernet_samplings_train_many_bands_and_search_end_to_end(tmp_path, sampling):
+    from nas.derivations import ladder_ms
+    cfg = _cfg(*ONE, "device=vpu", "latency=30ms", f"train.sampling={sampling}", "derive.method=select",
+               "derive.candidates=4", "derive.eval_images=128")
+    setup = prepare(cfg, DistInfo())
+    st = build_state(cfg, setup)
+    if sampling == "ladder":  # an equal share of the pool in each band of a ladder of targets
+        ladder = ladder_ms(setup.table, LADDER_BANDS, 0)
+        ms = [setup.table.arch_ms(setup.space.arch(a)) for a in st.band_pool]
+        hit = {t for t in ladder for m in ms if 0.9 * t <= m <= t}
+        assert len(hit) == LADDER_BANDS and min(ms) < 0.5 * max(ms)
+    else:  # the largest, the smallest, then two uniform draws
+        assert st.band_pool is None
+        picked = []
+        for step in range(4):
+            st.step = step
+            sample_weight_path(cfg, st)
+            picked.append(tuple(m.names[m.sample.active] for m in st.model.mixed_ops()))
+        assert picked[0] == setup.train_space.largest_arch().choices
+        assert picked[1] == setup.train_space.smallest_arch().choices
+        st.step = 0
+    meta = search(cfg, tmp_path)
+    assert meta["search"]["sampling"] == sampling and 0.9 <= meta["budget_used"] <= 1.0
 
 
 def test_band_sampling_falls_back_to_uniform_when_the_band_is_empty(tmp_path, caplog):
