@@ -158,3 +158,30 @@ def test_provenance_note_names_each_predictor_kind():
     assert "`standin/cortexA76cpu_tflite21` is a calibrated stand-in, not nn-Meter" in note
     assert "`nnmeter/myriadvpu_openvino2019r2` is nn-Meter's built-in predictor" in note
     assert note.count("standin/a100") == 1
+
+
+@pytest.mark.slow
+def test_supernet_recipes_score_a_committed_pool_per_point(tmp_path):
+    from experiments import supernet_recipes
+    from search_spaces.spaces import get_space
+    space = get_space("quadra")
+    pools = []
+    for device, target in (("vpu", 15.0), ("gpu", 1.0)):
+        rows = [{"kind": "random", "device": device, "target_ms": target, "top1": 0.5 + 0.01 * i,
+                 "choices": " ".join(c.replace("quadra_", "") for c in space.random_arch(100 * i + len(pools)).choices)}
+                for i in range(4)] + [{"kind": "searched", "device": device, "target_ms": target, "top1": 0.9,
+                                       "choices": " ".join(["identity"] * 20)}]
+        pools.append(tmp_path / f"{device}.csv")
+        pd.DataFrame(rows).to_csv(pools[-1], index=False)
+    args = ["--dataset", "digits", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+            "--recipes", "band,sandwich", "--search", SEARCH, "--pool", ",".join(map(str, pools)),
+            "--eval-images", "64"]
+    assert supernet_recipes.main(args) == 0
+    table = pd.read_csv(tmp_path / "out" / "supernet_recipes.csv")
+    assert list(table.recipe) == ["band", "sandwich"]
+    assert {"tau vpu 15 ms", "tau gpu 1 ms", "tau_mean_within", "tau_all"} <= set(table.columns)
+    assert table.tau_all.between(-1, 1).all() and (table.search_s > 0).all()
+    kept = pd.read_csv(next((tmp_path / "runs").rglob(supernet_recipes.SCORES)))
+    assert len(kept) == 8 and kept.supernet_top1.between(0, 1).all()  # the random draws only, kept for a rerun
+    assert supernet_recipes.main([*args, "--report-only"]) == 0
+    assert pd.read_csv(tmp_path / "out" / "supernet_recipes.csv").equals(table)
