@@ -1,13 +1,14 @@
 """Latency of an exported architecture on every device profile, with provenance.
 
-    python -m latency.predict arch=PATH/arch.json|MODEL [device=vpu|all] [format=table|json|csv]
+    python -m latency.predict arch=PATH/arch.json|MODEL [device=vpu|all] [format=table|json|csv] [per_layer=true]
 
 For each profile: the lookup-table sum (what the search optimised) and the whole network
 priced by the same backend at the profile's deployment shape. ``format=table`` (the default) prints
 a table for people; ``format=json`` prints a JSON list of rows and ``format=csv`` a CSV with a header,
 one row per device with the columns arch, device, table_ms, whole_net_ms, table_error_pct (the table's sum
 against the whole network), predictor, provenance, error_note (table_ms and table_error_pct are null / empty
-for an architecture outside every search space). A thin Hydra
+for an architecture outside every search space). ``per_layer=true`` prints the table's entries instead: one
+row per layer (its op) and per fixed part, with their sum. A thin Hydra
 app (``conf/tools/predict.yaml``; ``--help`` lists the options).
 """
 
@@ -49,6 +50,43 @@ def predict_rows(arch: Arch, devices: list[str]) -> list[dict]:
                      "table_error_pct": table_error_pct(lut.ms, whole.ms) if lut else None,
                      "predictor": whole.predictor, "provenance": whole.provenance, "error_note": whole.error_note})
     return rows
+
+
+def per_layer_rows(arch: Arch, devices: list[str]) -> list[dict]:
+    """The table's breakdown of ``arch`` on each device: one row per searchable layer (its op and table entry)
+    and per fixed part (stem, transitions, head), the entries whose sum :func:`predict_rows` reports."""
+    space = space_of(arch)
+    if space is None or not in_space(arch, space):
+        raise ValueError("per_layer=true needs an architecture of a search space (its table has the layers); "
+                         "this one is priced only as a whole network")
+    rows = []
+    for name in devices:
+        table = get_table(space, load_profile(name), progress=False)
+        for layer, (ops, ms, op) in enumerate(zip(table.ops(), table.layer_ms(), arch.choices, strict=True)):
+            rows.append({"device": name, "part": f"layer {layer}", "op": op, "ms": float(ms[ops.index(op)]),
+                         "predictor": table.predictor})
+        rows += [{"device": name, "part": r.part, "op": "fixed", "ms": float(r.latency_ms),
+                  "predictor": table.predictor} for r in table.fixed.itertuples()]
+    return rows
+
+
+def write_layers(rows: list[dict], arch_path: str, fmt: str, out: TextIO) -> None:
+    """``rows`` of :func:`per_layer_rows` in ``fmt``: per device a table with its sum, or JSON / CSV rows."""
+    if fmt == "table":
+        for device in dict.fromkeys(r["device"] for r in rows):
+            mine = [r for r in rows if r["device"] == device]
+            out.write(f"{arch_path} on {device} [{mine[0]['predictor']}], per table entry:\n")
+            out.writelines(f"  {r['part']:14s} {r['op']:14s} {r['ms']:9.3f} ms\n" for r in mine)
+            out.write(f"  {'sum':14s} {'':14s} {sum(r['ms'] for r in mine):9.3f} ms\n")
+        return
+    records = [{"arch": arch_path, **r} for r in rows]
+    if fmt == "json":
+        out.write(json.dumps(records, indent=2) + "\n")
+    else:
+        writer = csv.DictWriter(out, fieldnames=["arch", "device", "part", "op", "ms", "predictor"],
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
 
 
 FORMATS = ("table", "json", "csv")  # the first is the default
@@ -101,10 +139,14 @@ def run(cfg: DictConfig) -> int:
         arch = load_arch(str(cfg.arch))
         device = str(cfg.device)
         devices = profile_names() if device == "all" else [load_profile(device).name]
+        layers = per_layer_rows(arch, devices) if cfg.per_layer else None
     except (ValueError, ArchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_rows(predict_rows(arch, devices), str(cfg.arch), arch, fmt, sys.stdout)
+    if layers is not None:
+        write_layers(layers, str(cfg.arch), fmt, sys.stdout)
+    else:
+        write_rows(predict_rows(arch, devices), str(cfg.arch), arch, fmt, sys.stdout)
     return 0
 
 

@@ -81,3 +81,18 @@ def test_bad_format_exits_2_without_a_traceback(arch_file):
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == "error: format=yaml is invalid; valid: table, json, csv\n"
+
+
+def test_per_layer_breakdown_sums_to_the_table(tmp_path, capsys):
+    arch = get_space("quadra").random_arch(3)
+    path = arch.save(tmp_path / "arch.json")
+    assert main([f"arch={path}", "device=vpu", "per_layer=true", "format=json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    layers = [r for r in rows if r["op"] != "fixed"]
+    assert [r["op"] for r in layers] == list(arch.choices) and len(rows) > len(layers)  # plus stem, head, ...
+    (whole,) = predict_rows(arch, ["vpu"])
+    assert sum(r["ms"] for r in rows) == pytest.approx(whole["table_ms"], rel=1e-9)
+    assert main([f"arch={path}", "device=vpu", "per_layer=true"]) == 0
+    assert re.search(r"  sum\s+[\d.]+ ms", capsys.readouterr().out)
+    assert main(["arch=quadranet25_xxs", "per_layer=true"]) == 2  # a fixed model has no table rows
+    assert "per_layer=true needs an architecture of a search space" in capsys.readouterr().err
