@@ -76,7 +76,8 @@ def run_cells(a: argparse.Namespace, recipe: list[str], schedules: list[int], se
             return None
         print(f"{device} {space} {epochs} epochs seed {seed}: top-1 {res['top1']:.4f}", flush=True)
         return {"device": device, "space": space, "epochs": epochs, "seed": seed, "top1": res["top1"],
-                "macs_M": res["deployment"]["macs"] / 1e6, "train_time_s": res["train_time_s"],
+                "macs_M": res["deployment"]["macs"] / 1e6, "latency_ms": res["latency_ms"][device]["ms"],
+                "train_time_s": res["train_time_s"],
                 "curve": json.dumps(curve(Path(res["run_dir"])))}
 
     # the longest runs first, so that a session's end cuts the short ones (which finish in a later session)
@@ -90,7 +91,8 @@ def cells(runs: pd.DataFrame) -> pd.DataFrame:
     """Top-1 mean and seed std per (device, space, epochs)."""
     g = runs.groupby(["device", "space", "epochs"], sort=False)
     return g.agg(top1_mean=("top1", "mean"), top1_std=("top1", "std"), n=("top1", "size"),
-                 macs_M=("macs_M", "first"), train_s=("train_time_s", "median")).reset_index()
+                 macs_M=("macs_M", "first"), latency_ms=("latency_ms", "first"),
+                 train_s=("train_time_s", "median")).reset_index()
 
 
 def lead_from(q: list[float], p: list[float]) -> int | None:
@@ -145,7 +147,9 @@ def report(runs: pd.DataFrame, recipe: list[str], exports: Path, out: Path, plan
              "tables of that run; they are not searched again when the tables change). Retrain: "
              f"`{' '.join(schedule_recipe(recipe, 0)).replace('train.epochs=0 ', '')}` with `train.epochs` "
              "as in the column (a cosine schedule over that length), Fashion-MNIST test top-1, mean and seed std; "
-             "train_s: median seconds of training per run (1 thread, shared 2-core machine).\n",
+             "train_s: median seconds of training per run (1 thread, shared 2-core machine); latency_ms: the "
+             "export's table latency on its device under the tables of the retrain (the current ones: calibrated "
+             "stand-ins, gpu roofline), which may have moved since the search.\n",
              md_table(show, floatfmt="{:.4g}"),
              "\nQuadra minus MBConv (SE from the seeds' std of both cells; `quadra_ahead_from_epoch`: the first epoch "
              "after which the mean learning curve of quadra stays above MBConv's):\n",

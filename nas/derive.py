@@ -121,7 +121,25 @@ def _derive(cfg: DictConfig, run_dir: Path, given: list[str]) -> dict:
     if dist_info.is_main:
         log.info("deriving for %s at %s from the supernet of %s (searched for %s at %s, %d epochs)",
                  setup.device, scfg.latency, source, saved["device"]["name"], saved["latency"], st.epoch)
+        note = reuse_note(saved, setup.device, scfg.latency)
+        if note:
+            log.warning("%s", note)
     return export(scfg, setup, st, run_dir, dist_info, time.perf_counter() - t_start, provenance)
+
+
+REUSABLE_SAMPLING = "uniform"  # the recipe a supernet for many targets is trained with (supernet_recipes.md)
+
+
+def reuse_note(saved: dict, device: str, latency) -> str | None:
+    """A warning when a supernet trained for one latency band (``train.sampling=band``) is derived elsewhere:
+    the recipe measured to rank many targets' architectures best is :data:`REUSABLE_SAMPLING`."""
+    sampling = saved.get("train", {}).get("sampling")
+    if sampling != "band" or (device == saved["device"]["name"] and latency == saved["latency"]):
+        return None
+    return (f"this supernet was trained for the band of {saved['device']['name']} at {saved['latency']} "
+            f"(train.sampling=band); at other targets it ranks architectures worse: for a supernet derived at many "
+            f"targets, search once with train.sampling={REUSABLE_SAMPLING} "
+            "(experiments/results/supernet_recipes.md)")
 
 
 # -- fronts ---------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from search_spaces.families import get_family
 from search_spaces.io import atomic_write_text
 from search_spaces.quadranet import quadranet_arch
 from search_spaces.spaces import SMALL_INPUT_SIDE, SearchSpace, in_space, space_of
-from search_spaces.summary import count_macs, count_params
+from search_spaces.summary import count_macs, count_params, deployment
 
 log = logging.getLogger("nas.report")
 
@@ -111,7 +111,6 @@ def report(run: EvaluatedRun, eval_cfg: DictConfig, results_csv: str | None) -> 
     net = net.to("cpu", memory_format=torch.contiguous_format).eval()
     shape = tuple(info.input_shape)
     dep, space, lut_ok = deployment_arch(arch, run.source, run.model)
-    dep_net = build_net(dep)
     results = {
         "run_dir": str(Path(run.run_dir).resolve()),  # one spelling, so evaluate replaces retrain's row
         "model": run.model, "arch_path": state.get("arch_path"), "space": arch.space,
@@ -121,10 +120,7 @@ def report(run: EvaluatedRun, eval_cfg: DictConfig, results_csv: str | None) -> 
         "epochs": state["epoch"] + 1, "train_time_s": state["train_time_s"], "world_size": state.get("world_size", 1),
         "params": count_params(net), "macs": count_macs(net, (1, *shape)), "input_shape": list(shape),
         "num_classes": info.num_classes,
-        "deployment": {"input_shape": list(dep.macro.input_shape), "num_classes": dep.macro.num_classes,
-                       "stem_stride": dep.macro.stem_stride, "params": count_params(dep_net),
-                       "macs": count_macs(dep_net, (1, *dep.macro.input_shape)),
-                       "search_space": space.name if space is not None else None, "lut": lut_ok},
+        "deployment": {**deployment(dep), "search_space": space.name if space is not None else None, "lut": lut_ok},
         "latency_ms": {name: profile_latency(name, dep, space, lut_ok) for name in eval_cfg.profiles},
         "host_latency_ms": None, "onnx": None, "checkpoint": str(Path(run.run_dir) / CHECKPOINT),
         "arch": arch.to_dict(), "config": state["config"],

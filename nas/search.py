@@ -103,7 +103,7 @@ from search_spaces.io import atomic_save_figure, atomic_write_text
 from search_spaces.quadratic import set_impl
 from search_spaces.sampling import EmptyBand
 from search_spaces.spaces import SearchSpace, space_from_config
-from search_spaces.summary import count_macs, count_params
+from search_spaces.summary import count_params, deployment
 from supernet.derive import InfeasibleTarget
 from supernet.loss import BudgetLoss
 from supernet.mixed import SAMPLINGS, prefetch_host
@@ -493,7 +493,6 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
     arch = setup.train_space.arch(choices)
     searched = profile_from_dict(OmegaConf.to_container(cfg.device, resolve=True))  # a user's own included
     dep_arch = deployment_space(setup.space, searched).arch(choices)
-    dep_net = build_net(dep_arch)
     latency = {}
     for n, t in setup.tables.items():
         profile = searched if n == searched.name else load_profile(n)
@@ -518,8 +517,7 @@ def export(cfg: DictConfig, setup: Setup, st: State, run_dir: Path, dist_info: D
         "budgets": {name: {"target_ms": ms, "ms": latency[name]["ms"], "used": round(use[name], 4),
                            "predictor": latency[name]["predictor"], "provenance": latency[name]["provenance"]}
                     for name, ms in setup.all_budgets().items()},
-        "deployment": {"input_shape": list(dep_arch.macro.input_shape), "num_classes": dep_arch.macro.num_classes,
-                       "params": count_params(dep_net), "macs": count_macs(dep_net, (1, *dep_arch.macro.input_shape))},
+        "deployment": deployment(dep_arch),
         "train_params": count_params(build_net(arch)),
         "val_top1_supernet": val_top1,
         "final_val_top1_argmax": st.history[-1]["val_top1_argmax"] if st.history else None,

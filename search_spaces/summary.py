@@ -39,6 +39,14 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     return fc.get_total_flops() // 2
 
 
+def deployment(arch: Arch) -> dict:
+    """The deployed network of ``arch`` (at its macro's input shape) in numbers: input shape, classes, stem
+    stride, params and MACs at batch 1. The one description ``arch.json`` and ``results.json`` both carry."""
+    net, macro = build_net(arch), arch.macro
+    return {"input_shape": list(macro.input_shape), "num_classes": macro.num_classes, "stem_stride": macro.stem_stride,
+            "params": count_params(net), "macs": count_macs(net, (1, *macro.input_shape))}
+
+
 def _shape_and_classes(item: Arch | PyramidNet) -> tuple[tuple[int, ...], int]:
     if isinstance(item, Arch):
         return item.macro.input_shape, item.macro.num_classes

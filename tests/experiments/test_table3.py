@@ -62,6 +62,7 @@ def test_schedules_retrain_the_same_exports_at_each_length(tmp_path):
     runs = pd.read_csv(tmp_path / "out" / "table3_schedules.csv")
     assert len(runs) == 2 * 2 and set(runs.epochs) == {1, 2}
     assert all(len(json.loads(c)) == e for c, e in zip(runs.curve, runs.epochs))  # a test top-1 per epoch
+    assert (runs.latency_ms > 0).all()  # each export's latency on its device under today's tables
     md = (tmp_path / "out" / "table3_schedules.md").read_text()
     assert "| vpu | 2 |" in md and "quadra_ahead_from_epoch" in md and "MBConv" in md
     assert (tmp_path / "out" / "table3_curves.png").stat().st_size > 1000

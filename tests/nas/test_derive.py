@@ -152,3 +152,12 @@ def test_budgets_on_two_devices_are_both_met_and_the_binding_one_used(searched, 
     assert meta["meets_target"] and max(b["used"] for b in budgets.values()) == meta["budget_used"] >= 0.9
     assert "the joint band (vpu <= 30.000 ms, cpu <=" in meta["derivation"]
     assert set(meta["latency_ms"]) == {"vpu", "cpu", "gpu"}
+
+
+def test_a_band_supernet_derived_elsewhere_recommends_the_reusable_recipe():
+    from nas.derive import REUSABLE_SAMPLING, reuse_note
+    saved = {"train": {"sampling": "band"}, "device": {"name": "vpu"}, "latency": "30ms"}
+    assert reuse_note(saved, "vpu", "30ms") is None  # its own target
+    note = reuse_note(saved, "cpu", "20ms")
+    assert f"train.sampling={REUSABLE_SAMPLING}" in note and "vpu at 30ms" in note
+    assert reuse_note({**saved, "train": {"sampling": "uniform"}}, "cpu", "20ms") is None
