@@ -127,7 +127,7 @@ def _derive(cfg: DictConfig, run_dir: Path, given: list[str]) -> dict:
     return export(scfg, setup, st, run_dir, dist_info, time.perf_counter() - t_start, provenance)
 
 
-REUSABLE_SAMPLING = "uniform"  # the recipe a supernet for many targets is trained with (supernet_recipes.md)
+REUSABLE_SAMPLING = "sandwich"  # the recipe a supernet for many targets is trained with (supernet_recipes.md)
 
 
 def reuse_note(saved: dict, device: str, latency) -> str | None:
