@@ -23,8 +23,9 @@ from supernet.derive import InfeasibleTarget
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 SEARCH = ["dataset=digits", "train.epochs=1", "train.warmup_epochs=0", "train.batch_size=64", "threads=1",
-          "accelerator=cpu", "results_csv=null", "log_devices=[vpu]", "device=vpu", "latency=30ms"]
-QUIET = ["threads=1", "accelerator=cpu", "results_csv=null"]
+          "accelerator=cpu", "results_csv=null", "log_devices=[vpu]", "device=vpu", "latency=30ms",
+          "derive.finalists=2"]
+QUIET = ["threads=1", "accelerator=cpu", "results_csv=null", "derive.finalists=2"]
 
 
 def _compose(name: str, *overrides: str):
