@@ -36,9 +36,8 @@ from nas.loops import (
 )
 from nas.trainer import make_optimizer, train_step
 from search_spaces.arch import Arch, build_net
-from search_spaces.blocks import SKIP_OPS
 from search_spaces.naswot import naswot_scores
-from search_spaces.sampling import EmptyBand, sample_in_band
+from search_spaces.sampling import EmptyBand, baseline_latencies, sample_in_band
 from supernet.derive import InfeasibleTarget, derive
 from supernet.supernet import Supernet
 
@@ -83,15 +82,7 @@ def ladder_ms(table: LatencyTable, n: int, seed: int) -> list[float]:
     architecture, then each layer skipped with it or given a uniform block), so the ladder spans small to large
     networks; uniform per-layer draws would span only the deep ones (76-98 ms on the vpu, where the main
     command's 30 ms lies far below). The range a front spans, and ``train.sampling=ladder``'s bands."""
-    rng = np.random.default_rng(seed)
-    skip = rng.random(LADDER_DRAWS)
-    ms = np.full(LADDER_DRAWS, table.fixed_ms)
-    for ops, row in zip(table.ops(), table.layer_ms(), strict=True):
-        blocks = np.array([i for i, op in enumerate(ops) if op not in SKIP_OPS])
-        pick = blocks[rng.integers(0, len(blocks), LADDER_DRAWS)]
-        if len(blocks) < len(ops):
-            pick = np.where(rng.random(LADDER_DRAWS) < skip, ops.index(next(o for o in ops if o in SKIP_OPS)), pick)
-        ms += np.asarray(row)[pick]
+    ms = baseline_latencies(table.ops(), table.layer_ms(), table.fixed_ms, LADDER_DRAWS, seed)
     return [round(float(q), 2) for q in np.quantile(ms, np.linspace(*LADDER_QUANTILES, n))]
 
 

@@ -70,8 +70,7 @@ def sample_in_band(candidates: Sequence[Sequence[str]], layer_ms: Sequence[Seque
         if len(cdfs) != len(ms) or any(len(c) != len(r) for c, r in zip(cdfs, ms)):
             raise ValueError("layer_probs must have one probability per candidate of every layer")
     rng = np.random.default_rng(seed)
-    skip_idx = [next((i for i, c in enumerate(cs) if c in SKIP_OPS), -1) for cs in candidates]
-    blocks = [np.array([i for i, c in enumerate(cs) if c not in SKIP_OPS]) for cs in candidates]
+    skip_idx, blocks = _skip_and_blocks(candidates)
     found: dict[tuple[int, ...], None] = {}  # insertion-ordered set
     drawn = 0
     while len(found) < n and drawn < max_draws:
@@ -80,9 +79,7 @@ def sample_in_band(candidates: Sequence[Sequence[str]], layer_ms: Sequence[Seque
         picks = np.empty((batch, len(ms)), dtype=np.int64)
         lat = np.full(batch, float(fixed_ms))
         for layer, (row, skip, ops) in enumerate(zip(ms, skip_idx, blocks)):
-            choice = ops[rng.integers(0, len(ops), batch)]
-            if skip >= 0:
-                choice = np.where(rng.random(batch) < s, skip, choice)
+            choice = _baseline_layer(rng, skip, ops, s)
             if use_p is not None:
                 learned = np.minimum(np.searchsorted(cdfs[layer], rng.random(batch)), len(row) - 1)
                 choice = np.where(use_p, learned, choice)
@@ -104,3 +101,31 @@ def sample_in_band(candidates: Sequence[Sequence[str]], layer_ms: Sequence[Seque
         raise EmptyBand(f"only {len(found)} of {n} architectures found in [{lo_ms:.3f}, {hi_ms:.3f}] ms after "
                         f"{drawn} draws (space range {lo_space:.3f}-{hi_space:.3f} ms); widen the band")
     return [tuple(candidates[layer][i] for layer, i in enumerate(row)) for row in found]
+
+
+def baseline_latencies(candidates: Sequence[Sequence[str]], layer_ms: Sequence[Sequence[float]], fixed_ms: float,
+                       n: int, seed: int = 0) -> np.ndarray:
+    """Table latencies of ``n`` architectures drawn from the baseline's distribution (steps 1 and 2 of the
+    module docstring) without a band: the latency range the random baseline spans, small to large networks."""
+    rng = np.random.default_rng(seed)
+    skip_idx, blocks = _skip_and_blocks(candidates)
+    s = rng.random(n)
+    lat = np.full(n, float(fixed_ms))
+    for row, skip, ops in zip(layer_ms, skip_idx, blocks, strict=True):
+        lat += np.asarray(row, dtype=np.float64)[_baseline_layer(rng, skip, ops, s)]
+    return lat
+
+
+def _skip_and_blocks(candidates: Sequence[Sequence[str]]) -> tuple[list[int], list[np.ndarray]]:
+    """Per layer: the index of its skip op (-1 if none) and the indices of its blocks."""
+    skip_idx = [next((i for i, c in enumerate(cs) if c in SKIP_OPS), -1) for cs in candidates]
+    return skip_idx, [np.array([i for i, c in enumerate(cs) if c not in SKIP_OPS]) for cs in candidates]
+
+
+def _baseline_layer(rng: np.random.Generator, skip: int, blocks: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """One layer's choice for each draw: the skip op with the draw's probability ``s`` (where the layer has
+    one), else one of its blocks uniformly."""
+    choice = blocks[rng.integers(0, len(blocks), len(s))]
+    if skip >= 0:
+        choice = np.where(rng.random(len(s)) < s, skip, choice)
+    return choice
