@@ -21,10 +21,8 @@ import pandas as pd
 from scipy.stats import kendalltau, mannwhitneyu
 
 from experiments.markdown import md_table, report
-from experiments.search_vs_random import INPUT, ROOT, add_run_args, retrain_all, space_cfg
+from experiments.search_vs_random import ROOT, add_run_args, full_choices, retrain_all, training_arch_file
 from experiments.table3_schedules import schedule_recipe
-from search_spaces.arch import Arch
-from search_spaces.spaces import space_from_config
 
 
 def picked(rows: pd.DataFrame, variant: str, searched: int, draws: int) -> pd.DataFrame:
@@ -40,19 +38,10 @@ def picked(rows: pd.DataFrame, variant: str, searched: int, draws: int) -> pd.Da
 def arch_files(rows: pd.DataFrame, dataset: str, folder: Path) -> list[Path]:
     """An arch.json per row, rebuilt from its choices at the dataset's shape with the space's training stem
     stride (the shape the committed retrains used)."""
-    shape, classes = INPUT[dataset]
-    cfg = space_cfg("quadra")
-    space = space_from_config(cfg).with_input(shape, classes, cfg["train_stem_stride"])
-    paths = []
-    for i, r in enumerate(rows.itertuples()):
-        choices = [c if c == "identity" else f"quadra_{c}" for c in r.choices.split()]
-        arch = space.arch(choices, {"config": {"search_space": cfg}, "derivation": r.derivation,
-                                    "search": {"dataset": dataset, "device": r.device, "target_ms": r.target_ms}})
-        path = folder / f"{r.kind}-{i}" / "arch.json"
-        if not path.exists() or Arch.load(path) != arch:
-            arch.save(path)
-        paths.append(path)
-    return paths
+    return [training_arch_file("quadra", full_choices(r.choices), dataset,
+                               {"derivation": r.derivation,
+                                "search": {"dataset": dataset, "device": r.device, "target_ms": r.target_ms}},
+                               folder / f"{r.kind}-{i}" / "arch.json") for i, r in enumerate(rows.itertuples())]
 
 
 def verdict(rows: pd.DataFrame, col: str) -> dict:

@@ -274,6 +274,24 @@ def retrain_all(runs: list[tuple[Path, int]], recipe: list[str], a: argparse.Nam
 
 
 # -- tables ---------------------------------------------------------------------------------
+def full_choices(short: str) -> list[str]:
+    """A table's ``choices`` cell (quadra ops without their ``quadra_`` prefix, as :func:`_row` writes them) as
+    the space's op names."""
+    return [c if c == "identity" else f"quadra_{c}" for c in short.split()]
+
+
+def training_arch_file(space: str, choices: list[str], dataset: str, metadata: dict, path: Path) -> Path:
+    """``path``: an arch.json of ``choices`` in the packaged ``space`` at ``dataset``'s shape with the space's
+    training stem stride (the shape the benchmarks retrain), written only when it is missing or differs."""
+    shape, classes = INPUT[dataset]
+    cfg = space_cfg(space)
+    arch = space_from_config(cfg).with_input(shape, classes, cfg.get("train_stem_stride")).arch(
+        choices, {"config": {"search_space": cfg}, **metadata})
+    if not path.exists() or Arch.load(path) != arch:
+        arch.save(path)
+    return path
+
+
 def _row(kind: str, variant: str, point: Point, seed: int, res: dict, arch: Arch) -> dict:
     lat = {f"{n}_ms": v["ms"] for n, v in res["latency_ms"].items()}
     return {"kind": kind, "variant": variant if kind == "searched" else "", "device": point.device,

@@ -24,7 +24,7 @@ import pandas as pd
 
 from experiments.markdown import md_table, report
 from experiments.ranking import load_supernet, supernet_scores, tau
-from experiments.search_vs_random import ROOT, add_folder_args, parse_grid, search_run
+from experiments.search_vs_random import ROOT, add_folder_args, full_choices, parse_grid, search_run
 from nas.loops import set_threads
 from search_spaces.arch import Arch
 
@@ -38,7 +38,7 @@ def pool_rows(paths: list[Path]) -> pd.DataFrame:
     """The random draws of each committed point: device, target, choices (full names) and retrained top-1."""
     rows = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
     rows = rows[rows.kind == "random"].copy()
-    rows["choices"] = [" ".join(c if c == "identity" else f"quadra_{c}" for c in ch.split()) for ch in rows.choices]
+    rows["choices"] = [" ".join(full_choices(ch)) for ch in rows.choices]
     rows["point"] = [f"{d} {t:g} ms" for d, t in zip(rows.device, rows.target_ms)]
     return rows[["point", "device", "target_ms", "choices", "top1"]].reset_index(drop=True)
 

@@ -24,10 +24,8 @@ import pandas as pd
 
 from experiments.markdown import md_table
 from experiments.plots import device_panels
-from experiments.search_vs_random import INPUT, retrain_run, space_cfg
-from search_spaces.arch import Arch
+from experiments.search_vs_random import retrain_run, training_arch_file
 from search_spaces.io import atomic_write_text
-from search_spaces.spaces import space_from_config
 
 SPACES = ("quadra", "proxyless")
 FAMILY = {"quadra": "QuadraBlock", "proxyless": "MBConv"}
@@ -42,19 +40,10 @@ def schedule_recipe(recipe: list[str], epochs: int) -> list[str]:
 def export_files(exports: pd.DataFrame, dataset: str, folder: Path) -> dict[tuple[str, str], Path]:
     """An arch.json per committed export, at the dataset's shape with its space's training stem stride (as the
     search exported it), keyed by (device, space)."""
-    shape, classes = INPUT[dataset]
-    out = {}
-    for r in exports.itertuples():
-        cfg = space_cfg(r.space)
-        space = space_from_config(cfg).with_input(shape, classes, cfg.get("train_stem_stride"))
-        arch = space.arch(str(r.choices).split(), {"config": {"search_space": cfg},
-                                                   "search": {"dataset": dataset, "device": r.device,
-                                                              "target_ms": float(r.target_ms)}})
-        path = folder / f"{r.device}-{r.target_ms:g}ms-{r.space}" / "arch.json"
-        if not path.exists() or Arch.load(path) != arch:
-            arch.save(path)
-        out[(r.device, r.space)] = path
-    return out
+    return {(r.device, r.space): training_arch_file(
+        r.space, str(r.choices).split(), dataset,
+        {"search": {"dataset": dataset, "device": r.device, "target_ms": float(r.target_ms)}},
+        folder / f"{r.device}-{r.target_ms:g}ms-{r.space}" / "arch.json") for r in exports.itertuples()}
 
 
 def curve(run_dir: Path) -> list[float]:
